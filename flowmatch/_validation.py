@@ -42,7 +42,7 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
 def seed_everything(seed: int) -> torch.Generator:
     """Seed Python, NumPy and torch; return a torch generator seeded the same way."""
     random.seed(seed)
-    np.random.seed(seed % (2**32))
+    np.random.seed(seed % (2**32))  # noqa: NPY002  (seeds third-party code using the global RNG)
     torch.manual_seed(seed)
     return torch.Generator().manual_seed(seed)
 
@@ -77,7 +77,7 @@ def as_matrix(
     -------
     Tensor  # (n_samples, n_features), on the CPU unless ``x`` was already a tensor elsewhere.
     """
-    if hasattr(x, "x") and isinstance(getattr(x, "x"), torch.Tensor):  # ActivationSet
+    if hasattr(x, "x") and isinstance(x.x, torch.Tensor):  # ActivationSet
         x = x.x
     if isinstance(x, np.ndarray):
         t = torch.from_numpy(np.ascontiguousarray(x))

@@ -176,7 +176,7 @@ def train_model(spec: ModelSpec, *, cache: bool = True) -> tuple[nn.Sequential, 
             opt.step()
         sched.step()
     info = {
-        "spec": asdict(spec),
+        "spec": json.loads(json.dumps(asdict(spec))),  # the same record a cache hit returns
         "train_accuracy": accuracy(model, data.x_train, data.y_train),
         "test_accuracy": accuracy(model, data.x_test, data.y_test),
     }

@@ -28,7 +28,9 @@ def environment(seed: int | None = None, device: str | None = None) -> dict[str,
     dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
     env: dict[str, Any] = {
         "device": dev,
-        "device_name": torch.cuda.get_device_name(0) if dev.startswith("cuda") else platform.processor() or platform.machine(),
+        "device_name": torch.cuda.get_device_name(0)
+        if dev.startswith("cuda")
+        else platform.processor() or platform.machine(),
         "torch_threads": torch.get_num_threads(),
         "python": sys.version.split()[0],
         "torch": torch.__version__,
@@ -79,7 +81,9 @@ def format_table(rows: Sequence[dict[str, Any]], columns: Sequence[str] | None =
     return "\n".join([line(cols), line(["-" * w for w in widths]), *map(line, cells)])
 
 
-def print_table(title: str, rows: Sequence[dict[str, Any]], columns: Sequence[str] | None = None) -> None:
+def print_table(
+    title: str, rows: Sequence[dict[str, Any]], columns: Sequence[str] | None = None
+) -> None:
     """Print a titled table to stdout."""
     print(f"\n== {title}")
     print(format_table(rows, columns))

@@ -1,0 +1,163 @@
+"""The ``flowmatch`` command.
+
+flowmatch run [CONFIG]                 whole pipeline on a configured zoo pair → runs/<name>/
+flowmatch zoo list | train NAME        bundled model pairs
+flowmatch fit ACTS --out AE            fit a flow autoencoder to your activations
+flowmatch translate A B --out DIR      fit a zero-pair translation between two activation files
+flowmatch compare --pair NAME          flowmatch against every baseline, one table
+flowmatch bench {flow,tree,translate,compare,interp,polytope}   benchmarks that print figures
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+__all__ = ["main"]
+
+DEFAULT_CONFIG = "configs/digits.yaml"
+
+_BENCHMARKS = {
+    "flow": "flow autoencoders vs PCA+GMM and a trace-estimator CNF",
+    "tree": "density-tree time and memory vs gudhi's ToMATo",
+    "translate": "zero-pair translation vs supervised stitching and Gromov-Wasserstein",
+    "compare": "every method on every zoo pair under the evaluation protocol",
+    "interp": "Jacobian-sparsity rotations and the Local Interaction Basis on digits MLPs",
+    "polytope": "polytope (spline-code) densities and code clusters on the zoo models",
+}
+
+
+def _cmd_zoo(args: argparse.Namespace) -> int:
+    from flowmatch import zoo
+
+    if args.action == "list":
+        for name, (a, b) in zoo.PAIRS.items():
+            print(f"{name:18s} A: {a.arch} {a.hidden} on {a.dataset}   B: {b.arch} {b.hidden}")
+        return 0
+    pair = zoo.load_pair(args.name)
+    for side, info in (("A", pair.info_a), ("B", pair.info_b)):
+        print(f"{args.name} model {side}: test accuracy {info['test_accuracy']:.4f}")
+    print(f"cached under {zoo.cache_dir() / 'zoo'}")
+    return 0
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from flowmatch.config import load_config
+    from flowmatch.pipeline import run_pipeline
+
+    config = load_config(args.config)
+    if args.output_dir:
+        from dataclasses import replace
+
+        config = replace(config, output_dir=args.output_dir)
+    run_pipeline(config, progress=not args.quiet)
+    return 0
+
+
+def _cmd_fit(args: argparse.Namespace) -> int:
+    from flowmatch.activations import ActivationSet
+    from flowmatch.autoencoder import FlowAutoencoder
+
+    acts = ActivationSet.load(args.activations)
+    latent = args.latent_dim if args.latent_dim == "auto" else int(args.latent_dim)
+    ae = FlowAutoencoder(latent_dim=latent, flow=args.flow, seed=args.seed, device=args.device)
+    ae.fit(acts)
+    ae.save(args.out)
+    print(f"fitted {args.flow} autoencoder: d={acts.dim} → k={ae.latent_dim_}; wrote {args.out}")
+    return 0
+
+
+def _cmd_translate(args: argparse.Namespace) -> int:
+    from flowmatch.activations import ActivationSet
+    from flowmatch.translation import translate
+
+    a, b = ActivationSet.load(args.a), ActivationSet.load(args.b)
+    t = translate(a, b, seed=args.seed, progress=True)
+    t.save(args.out)
+    print(f"{t!r}\nwrote {args.out}")
+    return 0
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    module = importlib.import_module(f"flowmatch.benchmarks.{args.bench}")
+    module.run(args)
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="flowmatch",
+        description="Relate two networks' representations without paired data.",
+    )
+    sub = p.add_subparsers(dest="command", required=True)
+
+    r = sub.add_parser("run", help="run the whole pipeline on a configured pair")
+    r.add_argument("config", nargs="?", default=DEFAULT_CONFIG, help="YAML config file")
+    r.add_argument("--output-dir", help="override the config's output_dir (default runs/)")
+    r.add_argument("--quiet", action="store_true", help="no progress bars")
+    r.set_defaults(func=_cmd_run)
+
+    z = sub.add_parser("zoo", help="bundled model pairs")
+    zs = z.add_subparsers(dest="action", required=True)
+    zs.add_parser("list", help="list the bundled pairs")
+    zt = zs.add_parser("train", help="train (or load from the cache) a pair and print accuracies")
+    zt.add_argument("name", help="pair name, see 'flowmatch zoo list'")
+    z.set_defaults(func=_cmd_zoo)
+
+    f = sub.add_parser("fit", help="fit a flow autoencoder to activations (.safetensors or .npy)")
+    f.add_argument("activations", help="ActivationSet .safetensors file or an (n, d) .npy matrix")
+    f.add_argument("--out", required=True, help="where to write the autoencoder (.safetensors)")
+    f.add_argument("--latent-dim", default="auto", help="kept latent coordinates k, or 'auto'")
+    f.add_argument("--flow", default="coupling", help="flow family: 'coupling' or 'cnf'")
+    f.add_argument("--seed", type=int, default=0, help="random seed")
+    f.add_argument("--device", default="auto", help="'auto' (CUDA when available), 'cpu', 'cuda'")
+    f.set_defaults(func=_cmd_fit)
+
+    t = sub.add_parser("translate", help="fit a zero-pair translation between two activation files")
+    t.add_argument("a", help="model A activations (.safetensors ActivationSet or .npy)")
+    t.add_argument("b", help="model B activations (need not come from the same inputs)")
+    t.add_argument("--out", required=True, help="output folder for the Translation")
+    t.add_argument("--seed", type=int, default=0, help="random seed")
+    t.set_defaults(func=_cmd_translate)
+
+    c = sub.add_parser("compare", help="flowmatch against every baseline on a zoo pair")
+    _add_bench_arguments(c, "compare")
+    c.set_defaults(func=_cmd_bench, bench="compare")
+
+    b = sub.add_parser("bench", help="benchmarks that print measured figures")
+    bs = b.add_subparsers(dest="bench", required=True)
+    for name, help_text in _BENCHMARKS.items():
+        _add_bench_arguments(bs.add_parser(name, help=help_text, description=help_text), name)
+    b.set_defaults(func=_cmd_bench)
+    return p
+
+
+def _add_bench_arguments(parser: argparse.ArgumentParser, name: str) -> None:
+    try:
+        module = importlib.import_module(f"flowmatch.benchmarks.{name}")
+    except ModuleNotFoundError:
+        parser.set_defaults(unavailable=name)
+        return
+    module.add_arguments(parser)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``flowmatch`` console script."""
+    args = _parser().parse_args(argv)
+    if getattr(args, "unavailable", None):
+        print(f"benchmark {args.unavailable!r} is not available", file=sys.stderr)
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted; no partial files were written", file=sys.stderr)
+        return 130
+    except (KeyError, ValueError, FileNotFoundError) as err:
+        print(f"flowmatch: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
