@@ -1,0 +1,217 @@
+"""Linear maps between two point clouds: fitting from correspondences, and refinement by
+optimal transport when no correspondences are known.
+
+Convention: a map is ``y = x @ matrix.T + bias`` with ``matrix`` (d_dst, d_src) and
+``bias`` (d_dst,). Everything is computed in float64 and returned as float64 tensors.
+
+The refinement alternates (a) an optimal-transport plan between the mapped source rows and the
+target rows and (b) a weighted least-squares refit of the map to the plan's barycentric targets —
+an iterative-closest-point scheme with a transport plan in place of nearest neighbours (as in
+Alvarez-Melis & Jaakkola 2018; Grave et al. 2019). Each iteration works on a fresh random
+subsample of at most ``max_exact`` rows per side, solved exactly (``ot.emd``) or with Sinkhorn,
+so cost grows linearly with the number of rows.
+
+References
+----------
+Grave, Joulin, Berthet. "Unsupervised alignment of embeddings with Wasserstein Procrustes",
+AISTATS 2019.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import ot
+import torch
+from torch import Tensor
+
+from flowmatch._validation import as_matrix
+
+__all__ = ["apply_map", "fit_affine", "fit_similarity", "refine_map", "transport_plan"]
+
+
+def _f64(x: Any, name: str) -> Tensor:
+    return as_matrix(x, name, dtype=torch.float64).cpu()
+
+
+def _weights(w: Any, n: int) -> Tensor:
+    if w is None:
+        return torch.full((n,), 1.0 / n, dtype=torch.float64)
+    w = torch.as_tensor(np.asarray(w), dtype=torch.float64).reshape(-1)
+    if len(w) != n or (w < 0).any() or w.sum() <= 0:
+        raise ValueError(f"weights must be {n} non-negative numbers with a positive sum")
+    return w / w.sum()
+
+
+def apply_map(x: Any, matrix: Tensor, bias: Tensor) -> Tensor:
+    """``x @ matrix.T + bias``  # (n, d_src) → (n, d_dst), float64."""
+    return _f64(x, "x") @ matrix.T + bias
+
+
+def fit_affine(
+    src: Any, dst: Any, weights: Any = None, ridge: float = 1e-6
+) -> tuple[Tensor, Tensor]:
+    """Weighted least-squares affine map ``src → dst``.
+
+    Parameters
+    ----------
+    src : (n, d_src) ; dst : (n, d_dst) ; weights : (n,) non-negative, optional.
+    ridge : Tikhonov term relative to the mean source variance (keeps few-anchor fits stable).
+
+    Returns
+    -------
+    matrix : Tensor  # (d_dst, d_src)
+    bias : Tensor  # (d_dst,)
+    """
+    x, y = _f64(src, "src"), _f64(dst, "dst")
+    if len(x) != len(y):
+        raise ValueError(f"src has {len(x)} rows but dst has {len(y)}")
+    w = _weights(weights, len(x))
+    mx, my = w @ x, w @ y
+    xc, yc = x - mx, y - my
+    gram = xc.T @ (w[:, None] * xc)
+    scale = torch.trace(gram) / gram.shape[0]
+    gram = gram + ridge * float(scale.clamp_min(1e-300)) * torch.eye(gram.shape[0], dtype=x.dtype)
+    matrix = torch.linalg.solve(gram, xc.T @ (w[:, None] * yc)).T
+    return matrix, my - mx @ matrix.T
+
+
+def fit_similarity(src: Any, dst: Any, weights: Any = None) -> tuple[Tensor, Tensor]:
+    """Weighted orthogonal Procrustes with one global scale: ``y ≈ s R x + b``.
+
+    ``R`` (d_dst, d_src) has orthonormal rows or columns (whichever is fewer), so the map is a
+    rotation/reflection followed by an isotropic scale even when the widths differ.
+
+    Returns
+    -------
+    matrix : Tensor  # (d_dst, d_src) equal to s·R
+    bias : Tensor  # (d_dst,)
+    """
+    x, y = _f64(src, "src"), _f64(dst, "dst")
+    if len(x) != len(y):
+        raise ValueError(f"src has {len(x)} rows but dst has {len(y)}")
+    w = _weights(weights, len(x))
+    mx, my = w @ x, w @ y
+    xc, yc = x - mx, y - my
+    u, s, vh = torch.linalg.svd(yc.T @ (w[:, None] * xc), full_matrices=False)
+    rot = u @ vh
+    scale = s.sum() / (w[:, None] * xc**2).sum().clamp_min(1e-300)
+    matrix = scale * rot
+    return matrix, my - mx @ matrix.T
+
+
+_FITTERS = {"affine": fit_affine, "similarity": fit_similarity}
+
+
+def transport_plan(
+    cost: np.ndarray, *, reg: float | None = None, a: np.ndarray | None = None
+) -> np.ndarray:
+    """OT plan for a cost matrix (n, m) with uniform (or ``a``) source marginals.
+
+    ``reg=None`` solves exactly with ``ot.emd``; otherwise Sinkhorn with ``reg`` times the
+    median cost as the entropic regularisation.
+    """
+    n, m = cost.shape
+    a = np.full(n, 1.0 / n) if a is None else a / a.sum()
+    b = np.full(m, 1.0 / m)
+    if reg is None:
+        return ot.emd(a, b, cost, numItermax=1_000_000)
+    scale = float(np.median(cost)) or 1.0
+    return ot.sinkhorn(a, b, cost / scale, reg, numItermax=2000, stopThr=1e-7)
+
+
+def refine_map(
+    x_a: Any,
+    x_b: Any,
+    matrix: Tensor,
+    bias: Tensor,
+    *,
+    n_iter: int = 10,
+    max_exact: int = 1500,
+    reg: float | None = None,
+    seed: int = 0,
+    anchors: tuple[Any, Any] | None = None,
+    anchor_weight: float = 1.0,
+    groups: tuple[Any, Any] | None = None,
+    group_penalty: float = 0.0,
+    kind: str = "affine",
+) -> tuple[Tensor, Tensor]:
+    """Refine ``y = x @ matrix.T + bias`` from ``x_a`` towards the cloud ``x_b`` without pairs.
+
+    Parameters
+    ----------
+    x_a : (n_a, d_a) source rows; x_b : (n_b, d_b) target rows (unpaired, any order).
+    matrix, bias : the initial map, (d_b, d_a) and (d_b,).
+    n_iter : alternations of (OT plan, weighted refit).
+    max_exact : rows per side in each iteration's subsample (fresh, seeded, per iteration).
+    reg : ``None`` → exact EMD; a float → Sinkhorn with that relative regularisation.
+    anchors : optional known correspondences ``(src (p, d_a), dst (p, d_b))``; they join every
+        refit with total weight ``anchor_weight`` relative to the transported rows.
+    groups : optional ``(groups_a (n_a,), groups_b (n_b,))`` integer labels of matched branches
+        (−1 = unassigned); transport between rows of different non-negative groups costs an
+        extra ``group_penalty`` times the median squared distance, and A's rows are reweighted
+        so that each matched group holds the same share of mass on both sides.
+    kind : ``"affine"`` or ``"similarity"`` refit.
+
+    Returns
+    -------
+    matrix : Tensor  # (d_b, d_a)
+    bias : Tensor  # (d_b,)
+    """
+    if kind not in _FITTERS:
+        raise KeyError(f"unknown map kind {kind!r}; choose from {sorted(_FITTERS)}")
+    xa, xb = _f64(x_a, "x_a"), _f64(x_b, "x_b")
+    matrix = torch.as_tensor(matrix, dtype=torch.float64)
+    bias = torch.as_tensor(bias, dtype=torch.float64)
+    if matrix.shape != (xb.shape[1], xa.shape[1]):
+        raise ValueError(
+            f"matrix has shape {tuple(matrix.shape)}; expected ({xb.shape[1]}, {xa.shape[1]})"
+        )
+    ga = gb = None
+    if groups is not None:
+        ga, gb = (np.asarray(g, dtype=np.int64) for g in groups)
+        if len(ga) != len(xa) or len(gb) != len(xb):
+            raise ValueError("groups must have one label per row of x_a and x_b")
+    rng = np.random.default_rng(seed)
+    fit = _FITTERS[kind]
+    for _ in range(n_iter):
+        ia = _subsample(len(xa), max_exact, rng)
+        ib = _subsample(len(xb), max_exact, rng)
+        ya = xa[ia] @ matrix.T + bias
+        cost = torch.cdist(ya, xb[ib]).pow(2).numpy()
+        if ga is not None and group_penalty > 0:
+            sa, sb = ga[ia][:, None], gb[ib][None, :]
+            cross = (sa != sb) & (sa >= 0) & (sb >= 0)
+            cost = cost + group_penalty * float(np.median(cost)) * cross
+        source = _balanced_source(ga[ia], gb[ib]) if ga is not None and gb is not None else None
+        plan = torch.from_numpy(transport_plan(cost, reg=reg, a=source))
+        mass = plan.sum(1)
+        keep = mass > 0
+        target = (plan[keep] @ xb[ib]) / mass[keep, None]
+        src, dst, w = xa[ia][keep], target, mass[keep]
+        if anchors is not None:
+            pa, pb = _f64(anchors[0], "anchor sources"), _f64(anchors[1], "anchor targets")
+            w = torch.cat([w / w.sum(), torch.full((len(pa),), anchor_weight / len(pa))])
+            src, dst = torch.cat([src, pa]), torch.cat([dst, pb])
+        matrix, bias = fit(src, dst, w)
+    return matrix, bias
+
+
+def _balanced_source(ga: np.ndarray, gb: np.ndarray) -> np.ndarray:
+    """Source weights giving every matched group the same share of mass as on the target side.
+
+    Balanced OT between samples that hold matched groups in different proportions must move mass
+    across groups, which shrinks the fitted map; reweighting the source rows removes that bias.
+    Rows of unmatched groups (−1) keep their plain weight.
+    """
+    w = np.ones(len(ga))
+    for g in np.unique(ga[ga >= 0]):
+        in_a, share_b = ga == g, float((gb == g).mean())
+        if share_b > 0:
+            w[in_a] = share_b * len(ga) / in_a.sum()
+    return w / w.sum()
+
+
+def _subsample(n: int, m: int, rng: np.random.Generator) -> np.ndarray:
+    return np.arange(n) if n <= m else np.sort(rng.choice(n, size=m, replace=False))

@@ -1,0 +1,357 @@
+"""``translate(a, b)``: carry model A's activations into model B's activation space without
+paired data.
+
+Pipeline (DESIGN.md): fit a flow autoencoder per model → density tree of each latent →
+:func:`~flowmatch.matching.match_trees` → similarity map between the two *whitened* latents
+from the matched mode centroids → optimal-transport refinement that keeps transport inside
+matched branches → ``x_a ↦ decode_b(M · encode_a(x_a) + c)``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from flowmatch import metrics
+from flowmatch._io import load_state, save_state
+from flowmatch._validation import as_matrix, check_fitted
+from flowmatch.alignment import fit_similarity, refine_map
+from flowmatch.matching import TreeMatching, _whiten, match_trees
+
+__all__ = ["Translation", "TranslationScore", "translate"]
+
+
+@dataclass(frozen=True)
+class TranslationScore:
+    """Held-out scores of a translation (see :mod:`flowmatch.metrics`)."""
+
+    r2: float
+    cosine: float
+    top1: float
+    stitched_accuracy: float | None
+    n: int
+
+
+class Translation:
+    """A map from model A's activation space to model B's: ``decode_b(encode_a(x) @ M.T + c)``.
+
+    Attributes
+    ----------
+    autoencoder_a_, autoencoder_b_ : the fitted :class:`~flowmatch.FlowAutoencoder` of each side.
+    matrix_ : Tensor  # (k_b, k_a) latent map
+    bias_ : Tensor  # (k_b,)
+    matching_ : TreeMatching | None  # how the two density trees were matched
+    tree_a_, tree_b_ : fitted density trees (None after :meth:`load`).
+    info_ : dict  # diagnostics: leaf counts, refinement settings, anchors used
+    """
+
+    def __init__(
+        self,
+        autoencoder_a: Any,
+        autoencoder_b: Any,
+        matrix: Tensor,
+        bias: Tensor,
+        matching: TreeMatching | None = None,
+        tree_a: Any = None,
+        tree_b: Any = None,
+        info: dict[str, Any] | None = None,
+    ) -> None:
+        self.autoencoder_a_ = autoencoder_a
+        self.autoencoder_b_ = autoencoder_b
+        self.matrix_ = torch.as_tensor(matrix, dtype=torch.float64)
+        self.bias_ = torch.as_tensor(bias, dtype=torch.float64)
+        self.matching_ = matching
+        self.tree_a_ = tree_a
+        self.tree_b_ = tree_b
+        self.info_ = dict(info or {})
+
+    @property
+    def d_a(self) -> int:
+        return int(self.autoencoder_a_.d_in_)
+
+    @property
+    def d_b(self) -> int:
+        return int(self.autoencoder_b_.d_in_)
+
+    def latent(self, x_a: Any) -> Tensor:
+        """B-latent coordinates of A's activations  # (n, d_a) → (n, k_b)."""
+        z_a = self.autoencoder_a_.encode(as_matrix(x_a, "x_a", dim=self.d_a)).double()
+        return z_a @ self.matrix_.T + self.bias_
+
+    def __call__(self, x_a: Any) -> Any:
+        """Translate ``x_a`` (n, d_a) → (n, d_b); returns NumPy for NumPy input, else torch."""
+        out = self.autoencoder_b_.decode(self.latent(x_a).float()).float()
+        return out.numpy() if isinstance(x_a, np.ndarray) else out
+
+    def inverse(self) -> Translation:
+        """The translation from B to A (pseudo-inverse of the latent map)."""
+        inv = torch.linalg.pinv(self.matrix_)
+        matching = None
+        if self.matching_ is not None:
+            m = self.matching_
+            matching = TreeMatching(
+                leaf_pairs=m.leaf_pairs[:, ::-1].copy(),
+                confidence=m.confidence,
+                node_pairs=tuple((b, a) for a, b in m.node_pairs),
+                coupling=m.coupling.T.copy(),
+                cost=m.cost,
+                n_candidates=m.n_candidates,
+                method=m.method,
+            )
+        return Translation(
+            self.autoencoder_b_,
+            self.autoencoder_a_,
+            inv,
+            -inv @ self.bias_,
+            matching,
+            self.tree_b_,
+            self.tree_a_,
+            {**self.info_, "inverted": not self.info_.get("inverted", False)},
+        )
+
+    def score(
+        self, x_a: Any, x_b: Any, head_b: nn.Module | None = None, y: Any = None
+    ) -> TranslationScore:
+        """R², mean cosine, top-1 retrieval against the true ``x_b`` rows (same inputs as ``x_a``)
+        and, with ``head_b`` and labels ``y``, the stitched accuracy."""
+        pred = self(as_matrix(x_a, "x_a", dim=self.d_a))
+        true = as_matrix(x_b, "x_b", dim=self.d_b)
+        if len(pred) != len(true):
+            raise ValueError(f"x_a has {len(pred)} rows but x_b has {len(true)}; rows must pair")
+        acc = None
+        if head_b is not None:
+            if y is None:
+                raise ValueError("stitched accuracy needs the labels y")
+            acc = metrics.stitched_accuracy(pred, head_b, y)
+        return TranslationScore(
+            r2=metrics.r2_score(pred, true),
+            cosine=metrics.mean_cosine(pred, true),
+            top1=metrics.top1_retrieval(pred, true),
+            stitched_accuracy=acc,
+            n=len(pred),
+        )
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write a folder: ``translation.safetensors`` and both autoencoders; atomic rename."""
+        target = Path(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+        try:
+            tensors = {"matrix": self.matrix_, "bias": self.bias_}
+            meta: dict[str, Any] = {"kind": "Translation", "info": self.info_}
+            if self.matching_ is not None:
+                m = self.matching_
+                tensors.update(
+                    leaf_pairs=torch.as_tensor(m.leaf_pairs),
+                    confidence=torch.as_tensor(m.confidence),
+                    coupling=torch.as_tensor(m.coupling),
+                )
+                meta["matching"] = {
+                    "cost": m.cost,
+                    "n_candidates": m.n_candidates,
+                    "method": m.method,
+                    "node_pairs": [[str(a), str(b)] for a, b in m.node_pairs],
+                }
+            save_state(tmp / "translation.safetensors", tensors, meta)
+            self.autoencoder_a_.save(tmp / "autoencoder_a.safetensors")
+            self.autoencoder_b_.save(tmp / "autoencoder_b.safetensors")
+            if target.exists():
+                shutil.rmtree(target)
+            os.replace(tmp, target)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return target
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> Translation:
+        """Read a folder written by :meth:`save` (trees are not stored)."""
+        from flowmatch.autoencoder import FlowAutoencoder
+
+        path = Path(path)
+        tensors, meta = load_state(path / "translation.safetensors")
+        if meta.get("kind") != "Translation":
+            raise ValueError(f"{path} does not hold a Translation")
+        matching = None
+        if "leaf_pairs" in tensors:
+            mm = meta["matching"]
+            matching = TreeMatching(
+                leaf_pairs=tensors["leaf_pairs"].numpy(),
+                confidence=tensors["confidence"].numpy(),
+                node_pairs=tuple(tuple(p) for p in mm["node_pairs"]),
+                coupling=tensors["coupling"].numpy(),
+                cost=mm["cost"],
+                n_candidates=mm["n_candidates"],
+                method=mm["method"],
+            )
+        return cls(
+            FlowAutoencoder.load(path / "autoencoder_a.safetensors"),
+            FlowAutoencoder.load(path / "autoencoder_b.safetensors"),
+            tensors["matrix"],
+            tensors["bias"],
+            matching,
+            info=meta.get("info"),
+        )
+
+    def __repr__(self) -> str:
+        k_b, k_a = self.matrix_.shape
+        n = 0 if self.matching_ is None else len(self.matching_.leaf_pairs)
+        return (
+            f"Translation(d_a={self.d_a}, d_b={self.d_b}, k_a={k_a}, k_b={k_b}, matched_modes={n})"
+        )
+
+
+# ---------------------------------------------------------------------- fitting helpers
+def _autoencoder_and_data(
+    side: Any, data: Any, params: dict[str, Any], seed: int, name: str
+) -> tuple[Any, Tensor]:
+    """A fitted autoencoder and the rows its tree is built on."""
+    from flowmatch.autoencoder import FlowAutoencoder
+
+    if hasattr(side, "encode") and hasattr(side, "latent_log_prob"):
+        check_fitted(side, "latent_dim_")
+        if data is None:
+            return side, side.sample(params.get("n_samples", 5000)).float()
+        return side, as_matrix(data, f"data_{name}", dim=int(side.d_in_))
+    x = as_matrix(side, name, min_samples=2)
+    ae = FlowAutoencoder(**{"seed": seed, **params}).fit(x)
+    return ae, x
+
+
+def _canonical(x: Tensor) -> np.ndarray:
+    """Lexicographic row order, so that results do not depend on the order rows come in."""
+    return np.lexsort(x.double().numpy().T[::-1])
+
+
+def _groups(tree: Any, z: Tensor, matched: np.ndarray) -> np.ndarray:
+    """Per row: index of its matched leaf pair, or −1 when its leaf is unmatched."""
+    leaf = np.asarray(tree.predict(z.numpy()))
+    lookup = np.full(max(len(tree.leaves_), 1), -1, dtype=np.int64)
+    lookup[matched] = np.arange(len(matched))
+    return lookup[leaf]
+
+
+_TREE_DEFAULTS: dict[str, Any] = {"min_prominence": 1.0}
+"""Modes whose log-density peak rises less than 1 nat (a factor e) above the saddle where they
+merge are treated as noise; the criterion does not change under rotation, translation or global
+scaling of a latent."""
+
+
+def translate(
+    a: Any,
+    b: Any,
+    pairs: Any = None,
+    *,
+    data_a: Any = None,
+    data_b: Any = None,
+    autoencoder_params: dict[str, Any] | None = None,
+    tree_params: dict[str, Any] | None = None,
+    match_params: dict[str, Any] | None = None,
+    n_refine: int = 20,
+    max_exact: int = 1500,
+    group_penalty: float = 1.0,
+    anchor_weight: float = 1.0,
+    affine_steps: int | None = None,
+    seed: int = 0,
+    progress: bool = True,
+) -> Translation:
+    """Fit a translation from model A's activations to model B's.
+
+    Parameters
+    ----------
+    a, b : fitted FlowAutoencoders, or activations (ActivationSet / Tensor / ndarray (n, d)) —
+        then a default autoencoder is fitted to each. The two sets need not share inputs.
+    pairs : optional known correspondences ``(idx_a, idx_b)`` into the rows of ``data_a`` /
+        ``data_b`` (or of ``a``/``b`` when those are activations), used as weighted anchors.
+    data_a, data_b : rows to build the density trees on when ``a``/``b`` are autoencoders
+        (default: samples from the autoencoder's own density).
+    autoencoder_params, tree_params, match_params : passed to FlowAutoencoder, DensityTree and
+        match_trees. With ``latent_dim="auto"`` (default) B's latent gets the width chosen for
+        A; trees keep modes of prominence ≥ 1 nat unless told otherwise.
+    n_refine, max_exact, group_penalty, anchor_weight : OT refinement (see
+        :func:`~flowmatch.alignment.refine_map`).
+    affine_steps : how many of the ``n_refine`` steps refit a full affine map; the others (first)
+        refit a similarity (rotation × scale). Default: half.
+    seed : seeds every stage.
+
+    Returns
+    -------
+    Translation  # callable (n, d_a) → (n, d_b)
+    """
+    from flowmatch.density_tree import DensityTree
+
+    ae_params = {"progress": progress, **(autoencoder_params or {})}
+    steps = tqdm(total=5, desc="translate", disable=not progress, leave=False)
+    ae_a, xa = _autoencoder_and_data(a, data_a, ae_params, seed, "a")
+    if ae_params.get("latent_dim", "auto") == "auto":  # both latents get A's chosen width
+        ae_params["latent_dim"] = int(ae_a.latent_dim_)
+    ae_b, xb = _autoencoder_and_data(b, data_b, ae_params, seed + 1, "b")
+    steps.update(1)
+    order_a, order_b = _canonical(xa), _canonical(xb)
+    xa, xb = xa[torch.as_tensor(order_a)], xb[torch.as_tensor(order_b)]
+    za, zb = ae_a.encode(xa).double(), ae_b.encode(xb).double()
+    tp = {"seed": seed, **_TREE_DEFAULTS, **(tree_params or {})}
+    tree_a = DensityTree(**tp).fit(ae_a, xa)
+    tree_b = DensityTree(**tp).fit(ae_b, xb)
+    steps.update(1)
+    matching = match_trees(tree_a, tree_b, seed=seed, **(match_params or {}))
+    steps.update(1)
+    mu_a, w_a = (torch.from_numpy(v) for v in _whiten(za.numpy()))
+    mu_b, w_b = (torch.from_numpy(v) for v in _whiten(zb.numpy()))
+    ua, ub = (za - mu_a) @ w_a, (zb - mu_b) @ w_b
+    ia, ib = matching.leaf_pairs[:, 0], matching.leaf_pairs[:, 1]
+    ca = (torch.from_numpy(tree_a.mode_centroids()[ia]) - mu_a) @ w_a
+    cb = (torch.from_numpy(tree_b.mode_centroids()[ib]) - mu_b) @ w_b
+    weight = tree_a.mode_masses()[ia] * np.maximum(matching.confidence, 1e-3)
+    anchors = None
+    if pairs is not None:
+        pa, pb = (np.asarray(p, dtype=np.int64).reshape(-1) for p in pairs)
+        if len(pa) != len(pb):
+            raise ValueError(f"pairs has {len(pa)} A indices but {len(pb)} B indices")
+        if pa.size and (pa.min() < 0 or pa.max() >= len(xa) or pb.min() < 0 or pb.max() >= len(xb)):
+            raise ValueError("pairs holds row indices outside the A or B activations")
+        pa, pb = np.argsort(order_a)[pa], np.argsort(order_b)[pb]  # into the canonical order
+        anchors = (ua[pa], ub[pb])
+        ca, cb = torch.cat([ca, anchors[0]]), torch.cat([cb, anchors[1]])
+        weight = np.concatenate([weight, np.full(len(pa), weight.mean())])
+    matrix, bias = fit_similarity(ca, cb, weight)
+    steps.update(1)
+    groups = (_groups(tree_a, za, ia), _groups(tree_b, zb, ib))
+    common = dict(
+        max_exact=max_exact,
+        seed=seed,
+        anchors=anchors,
+        anchor_weight=anchor_weight,
+        groups=groups,
+        group_penalty=group_penalty,
+    )
+    n_sim = n_refine - (n_refine // 2 if affine_steps is None else affine_steps)
+    matrix, bias = refine_map(ua, ub, matrix, bias, n_iter=n_sim, kind="similarity", **common)
+    matrix, bias = refine_map(ua, ub, matrix, bias, n_iter=n_refine - n_sim, **common)
+    steps.update(1)
+    steps.close()
+    w_b_inv = torch.linalg.pinv(w_b)
+    lat_matrix = (w_a @ matrix.T @ w_b_inv).T
+    lat_bias = (bias - mu_a @ w_a @ matrix.T) @ w_b_inv + mu_b
+    info = {
+        "n_modes_a": len(tree_a.leaves_),
+        "n_modes_b": len(tree_b.leaves_),
+        "n_matched": len(matching.leaf_pairs),
+        "n_anchor_pairs": 0 if anchors is None else len(anchors[0]),
+        "n_refine": n_refine,
+        "max_exact": max_exact,
+        "group_penalty": group_penalty,
+        "affine_steps": n_refine - n_sim,
+        "seed": seed,
+    }
+    return Translation(ae_a, ae_b, lat_matrix, lat_bias, matching, tree_a, tree_b, info)

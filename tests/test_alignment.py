@@ -1,0 +1,52 @@
+import numpy as np
+import pytest
+import torch
+
+from flowmatch.alignment import apply_map, fit_affine, fit_similarity, refine_map
+
+
+def _rotation(k, gen):
+    q, _ = torch.linalg.qr(torch.randn(k, k, generator=gen, dtype=torch.float64))
+    return q
+
+
+def test_fit_affine_recovers_an_exact_affine_map(gen):
+    x = torch.randn(40, 5, generator=gen, dtype=torch.float64)
+    m = torch.randn(3, 5, generator=gen, dtype=torch.float64)
+    c = torch.randn(3, generator=gen, dtype=torch.float64)
+    matrix, bias = fit_affine(x, x @ m.T + c, ridge=0.0)
+    torch.testing.assert_close(matrix, m)
+    torch.testing.assert_close(bias, c)
+
+
+def test_fit_similarity_recovers_rotation_and_scale(gen):
+    x = torch.randn(30, 4, generator=gen, dtype=torch.float64)
+    q, c = _rotation(4, gen), torch.randn(4, generator=gen, dtype=torch.float64)
+    matrix, bias = fit_similarity(x, 2.5 * x @ q.T + c)
+    torch.testing.assert_close(matrix, 2.5 * q)
+    torch.testing.assert_close(apply_map(x, matrix, bias), 2.5 * x @ q.T + c)
+
+
+def test_refine_map_recovers_a_rotation_without_pairs(gen):
+    k = 4
+    centres = torch.randn(6, k, generator=gen, dtype=torch.float64) * 5
+    draw = lambda n: centres[torch.randint(0, 6, (n,), generator=gen)] + 0.3 * torch.randn(  # noqa: E731
+        n, k, generator=gen, dtype=torch.float64
+    )
+    q, c = _rotation(k, gen), torch.randn(k, generator=gen, dtype=torch.float64)
+    xa, xb = draw(600), draw(600) @ q.T + c  # different samples: no pairs
+    m0 = q + 0.15 * torch.randn(k, k, generator=gen, dtype=torch.float64)
+    before = (m0 - q).abs().max()
+    matrix, bias = refine_map(xa, xb, m0, c + 0.5, n_iter=8, max_exact=400, kind="similarity")
+    assert (matrix - q).abs().max() < 0.25 * before
+    assert (matrix - q).abs().max() < 0.05
+
+
+def test_refine_map_validates_inputs(gen):
+    x = torch.randn(10, 3, generator=gen)
+    with pytest.raises(ValueError, match="expected"):
+        refine_map(x, x, torch.eye(2), torch.zeros(2))
+    with pytest.raises(KeyError, match="unknown map kind"):
+        refine_map(x, x, torch.eye(3), torch.zeros(3), kind="spline")
+    with pytest.raises(ValueError, match="weights"):
+        fit_affine(x, x, weights=np.ones(4))

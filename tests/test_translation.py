@@ -1,0 +1,80 @@
+import numpy as np
+import pytest
+import torch
+
+from flowmatch.translation import Translation, translate
+
+CENTRES = np.array(
+    [
+        [0.0, 0.0, 0.0, 0.0, 0.0],
+        [7.0, 0.0, 0.0, 0.0, 0.0],
+        [0.0, 10.0, 0.0, 0.0, 0.0],
+        [0.0, 0.0, 13.0, 0.0, 0.0],
+        [6.0, 6.0, 6.0, 3.0, 0.0],
+        [0.0, 0.0, 0.0, 9.0, 5.0],
+    ]
+)
+AE = {"latent_dim": 5, "n_components": 6, "max_epochs": 15, "progress": False}
+
+
+def _draw(rng, n):
+    return CENTRES[rng.integers(0, len(CENTRES), n)] + 0.5 * rng.standard_normal((n, 5))
+
+
+@pytest.fixture(scope="module")
+def synthetic():
+    rng = np.random.default_rng(0)
+    q, _ = np.linalg.qr(rng.standard_normal((5, 5)))
+    shift = rng.standard_normal(5) * 3
+    to_b = lambda x: x @ q.T + shift  # noqa: E731
+    a, b = _draw(rng, 1200), to_b(_draw(rng, 1200))  # different samples: no pairs
+    test = _draw(rng, 300)
+    t = translate(a, b, autoencoder_params=AE, seed=0, progress=False)
+    return a, b, test, to_b(test), t
+
+
+def test_rotation_and_shift_are_recovered_without_pairs(synthetic):
+    a, b, test_a, test_b, t = synthetic
+    score = t.score(test_a, test_b)
+    assert score.r2 >= 0.99
+    assert score.top1 > 0.5
+    assert len(t.matching_.leaf_pairs) == len(CENTRES)
+    out = t(test_a.astype(np.float32))
+    assert isinstance(out, np.ndarray) and out.shape == (300, 5)
+    assert isinstance(t(torch.as_tensor(test_a)), torch.Tensor)
+
+
+def test_inverse_goes_back(synthetic):
+    _, _, test_a, test_b, t = synthetic
+    assert t.inverse().score(test_b, test_a).r2 >= 0.98
+
+
+def test_same_seed_same_result_and_row_order_does_not_matter(synthetic):
+    a, b, _, _, t = synthetic
+    perm = np.random.default_rng(5).permutation(len(a))
+    t2 = translate(a[perm], b, autoencoder_params=AE, seed=0, progress=False)
+    torch.testing.assert_close(t2.matrix_, t.matrix_)
+    torch.testing.assert_close(t2.bias_, t.bias_)
+
+
+def test_save_load_round_trip(synthetic, tmp_path):
+    _, _, test_a, _, t = synthetic
+    t.save(tmp_path / "tr")
+    back = Translation.load(tmp_path / "tr")
+    np.testing.assert_allclose(back(test_a), t(test_a), atol=1e-5)
+    np.testing.assert_array_equal(back.matching_.leaf_pairs, t.matching_.leaf_pairs)
+
+
+def test_errors(synthetic):
+    a, b, test_a, test_b, t = synthetic
+    with pytest.raises(ValueError, match="features"):
+        t(np.zeros((3, 4)))
+    with pytest.raises(ValueError, match="rows must pair"):
+        t.score(test_a, test_b[:10])
+    with pytest.raises(ValueError, match="outside"):
+        translate(a, b, pairs=([0, 5000], [0, 1]), autoencoder_params=AE, progress=False)
+    from flowmatch.autoencoder import FlowAutoencoder
+    from flowmatch._validation import NotFittedError
+
+    with pytest.raises(NotFittedError):
+        translate(FlowAutoencoder(), FlowAutoencoder(), progress=False)
