@@ -1,0 +1,713 @@
+"""Volume-preserving flow autoencoder: an exact density on activations with a k-dim latent.
+
+>>> ae = FlowAutoencoder(latent_dim=10, flow="coupling", seed=0).fit(acts)   # acts: (n, d)
+>>> z = ae.encode(acts)            # (n, 10)
+>>> x_hat = ae.decode(z)           # (n, d), noise coordinates set to zero
+>>> ae.log_prob(acts)              # (n,) exact log-density of the activations
+
+Model
+-----
+``x ∈ R^d`` is preprocessed by an exactly invertible affine map: columns that are constant on
+the training data are set aside (see *Constant columns*), the rest are centred, divided by one
+global scale ``s`` and rotated onto their principal axes, ``y = Rᵀ(x − μ) / s`` (``R``
+orthogonal). The top ``d_flow`` PCA coordinates go through a volume-preserving flow φ
+(registry :data:`flowmatch.flows.FLOWS`) initialised at the identity; its first ``k`` outputs
+are the latent ``z``, the other ``d_flow − k`` outputs and the ``d' − d_flow`` trailing PCA
+coordinates are modelled as independent zero-mean Gaussian noise. The base density is a
+learnable Gaussian mixture (full covariances) on ``z`` times ``N(0, diag σ²)`` on the noise.
+Because ``log|det ∂φ/∂y| = 0`` and ``|det R| = 1``::
+
+    log p(x) = log GMM(z) + Σ_j log N(ε_j; 0, σ_j²) − d' log s
+
+is an exact density of the non-constant columns, trained by plain maximum likelihood
+(optionally plus ``reconstruction_weight`` × the squared error of ``decode(encode(x))``, as in
+denoising normalizing flows). The trailing PCA variances are their maximum-likelihood values
+(the PCA eigenvalues, floored at ``min_variance``); the flow-noise variances are learned.
+
+Default flow
+------------
+``flow="coupling"`` (NICE additive coupling, 6 layers) is the default: on a CPU it trains about
+twice as many samples per second as ``flow="cnf"`` and, within the default budget of 1,200
+optimiser steps (under a minute for a digits layer), reaches the better held-out likelihood
+of the two exactly volume-preserving flows (``flowmatch bench flow``). ``flow="cnf"`` (a
+divergence-free ODE with a leapfrog solver) is exactly volume-preserving as well and several
+times faster per sample than a trace-estimating CNF of the same width.
+
+Constant columns
+----------------
+Dead ReLU units give columns that are constant on all training rows; such data has no density
+with respect to Lebesgue measure on ``R^d``. With ``on_constant="drop"`` (default) these
+columns are set aside with a warning: they are restored to their constant value by
+``decode``/``sample`` and ``log_prob`` is the density of the other ``d'`` columns (the
+conditional density given the constant columns; their values in new rows are ignored). With
+``on_constant="error"`` they raise ``ValueError``. A matrix whose columns are all constant
+always raises.
+
+Row order
+---------
+Rows are sorted into a canonical (lexicographic) order before anything else, so the fitted
+model does not depend on the order of the rows given to ``fit``.
+
+References
+----------
+Dinh, Krueger, Bengio (2015). NICE: Non-linear independent components estimation.
+Sorrenson, Rother, Köthe (2020). Disentanglement by nonlinear ICA with general
+incompressible-flow networks (GIN). ICLR.
+Horvat, Pfister (2021). Denoising normalizing flow. NeurIPS.
+Grathwohl et al. (2019). FFJORD. ICLR.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import inspect
+import json
+import logging
+import math
+import os
+import time
+import warnings
+from pathlib import Path
+from typing import Any, cast
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from flowmatch._gmm import GaussianMixture
+from flowmatch._io import load_state, save_state
+from flowmatch._validation import as_matrix, check_fitted, resolve_device
+from flowmatch.flows import Flow, get_flow
+
+__all__ = ["FlowAutoencoder"]
+
+logger = logging.getLogger("flowmatch")
+_LOG_2PI = math.log(2 * math.pi)
+_DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+class _Model(nn.Module):
+    """Trainable part: flow, latent mixture, log-variances of the flow-noise coordinates."""
+
+    flow: Flow
+    mixture: GaussianMixture
+
+    def __init__(self, flow: Flow, mixture: GaussianMixture, n_noise: int) -> None:
+        super().__init__()
+        self.flow = flow
+        self.mixture = mixture
+        self.noise_log_var = nn.Parameter(torch.zeros(n_noise))
+
+
+def _gauss_log_prob(x: Tensor, var: Tensor) -> Tensor:
+    """Σ_j log N(x_j; 0, var_j)  # (n,)"""
+    if x.shape[1] == 0:
+        return x.new_zeros(x.shape[0])
+    return -0.5 * ((x**2) / var + torch.log(var) + _LOG_2PI).sum(dim=1)
+
+
+class FlowAutoencoder:
+    """Volume-preserving flow autoencoder (see the module docstring for the model).
+
+    Parameters
+    ----------
+    latent_dim : int or "auto"
+        Number k of kept latent coordinates. ``"auto"``: the smallest k whose top-k PCA
+        coordinates explain ``explained_variance`` of the variance (clipped to
+        ``[min_latent_dim, d_flow]``); the choice is logged and stored in ``latent_dim_``.
+    flow : registered flow name: ``"coupling"`` (default), ``"cnf"`` or ``"ffjord"`` (the
+        latter is not volume-preserving; it exists as a benchmark reference).
+    n_components : number of Gaussian mixture components on the latent.
+    d_flow : number of top PCA coordinates the flow acts on (capped at d').
+    hidden : hidden width of the flow networks.
+    flow_options : extra keyword arguments for the flow class (e.g. ``{"n_steps": 8,
+        "method": "leapfrog"}`` for ``cnf``, ``{"n_layers": 6}`` for ``coupling``).
+    covariance_type : ``"full"`` or ``"diag"`` mixture covariances.
+    explained_variance, min_latent_dim : the ``"auto"`` rule. The floor of 10 keeps enough
+        directions for the class structure of the zoo layers (k = 10 on every zoo layer).
+    reconstruction_weight : weight λ of the reconstruction term (squared error per
+        coordinate, in units of the scaled data) added to the NLL per coordinate.
+    lr, batch_size, max_epochs, patience : Adam learning rate, minibatch size, epoch limit,
+        and early stopping on the held-out NLL (epochs without improvement).
+    max_steps : optional limit on optimiser steps (training stops after the epoch that
+        reaches it), which keeps the default cost roughly independent of n.
+    validation_fraction : fraction of rows held out for early stopping (none below 20 rows).
+    min_variance : variance floor (scaled units) for noise coordinates and mixture factors.
+    on_constant : ``"drop"`` or ``"error"`` for constant columns.
+    max_time : optional wall-clock budget in seconds for training (stops early with a note).
+    checkpoint : optional path; training state is saved there every ``checkpoint_every``
+        epochs and a later ``fit`` on the same data and hyperparameters resumes from it.
+    checkpoint_every : epochs between checkpoints.
+    progress : show a tqdm progress bar with the training and held-out NLL (nats/dim).
+    dtype : ``"float32"`` or ``"float64"`` parameters and computations.
+    device : ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"`` ...
+    seed : seeds the split, minibatch order, initial weights and the mixture initialisation.
+
+    Attributes
+    ----------
+    d_in_ : int  # number of input columns d
+    n_features_modelled_ : int  # d', the non-constant columns
+    latent_dim_ : int  # chosen k
+    d_flow_ : int
+    constant_columns_ : Tensor  # (c,) int64, columns set aside
+    constant_values_ : Tensor  # (c,)
+    kept_columns_ : Tensor  # (d',) int64
+    mean_ : Tensor  # (d',)
+    scale_ : float  # global scale s
+    components_ : Tensor  # (d', d'), orthonormal principal axes as columns
+    explained_variance_ : Tensor  # (d',), PCA variances in scaled units (mean 1)
+    explained_variance_ratio_ : Tensor  # (d',)
+    noise_variance_ : Tensor  # (d' − k,), flow-noise then trailing PCA variances
+    mixture_weights_ : Tensor  # (K,)
+    mixture_means_ : Tensor  # (K, k)
+    mixture_covariances_ : Tensor  # (K, k, k), full covariances (diagonal if "diag")
+    history_ : dict  # per-epoch "train_nll", "val_nll" (nats/dim), "seconds"
+    n_epochs_ : int  # epochs run; ``best_epoch_`` the one restored
+    fit_seconds_ : float
+    train_samples_per_second_ : float
+    """
+
+    def __init__(
+        self,
+        latent_dim: int | str = "auto",
+        flow: str = "coupling",
+        n_components: int = 12,
+        d_flow: int = 64,
+        hidden: int = 128,
+        flow_options: dict[str, Any] | None = None,
+        covariance_type: str = "full",
+        explained_variance: float = 0.9,
+        min_latent_dim: int = 10,
+        reconstruction_weight: float = 50.0,
+        lr: float = 1e-3,
+        batch_size: int = 128,
+        max_epochs: int = 200,
+        max_steps: int | None = 1200,
+        patience: int = 20,
+        validation_fraction: float = 0.1,
+        min_variance: float = 1e-6,
+        on_constant: str = "drop",
+        max_time: float | None = None,
+        checkpoint: str | os.PathLike | None = None,
+        checkpoint_every: int = 10,
+        progress: bool = True,
+        dtype: str = "float32",
+        device: str = "auto",
+        seed: int = 0,
+    ) -> None:
+        self.latent_dim = latent_dim
+        self.flow = flow
+        self.n_components = n_components
+        self.d_flow = d_flow
+        self.hidden = hidden
+        self.flow_options = flow_options
+        self.covariance_type = covariance_type
+        self.explained_variance = explained_variance
+        self.min_latent_dim = min_latent_dim
+        self.reconstruction_weight = reconstruction_weight
+        self.lr = lr
+        self.batch_size = batch_size
+        self.max_epochs = max_epochs
+        self.max_steps = max_steps
+        self.patience = patience
+        self.validation_fraction = validation_fraction
+        self.min_variance = min_variance
+        self.on_constant = on_constant
+        self.max_time = max_time
+        self.checkpoint = checkpoint
+        self.checkpoint_every = checkpoint_every
+        self.progress = progress
+        self.dtype = dtype
+        self.device = device
+        self.seed = seed
+
+    # ------------------------------------------------------------------ parameters
+    def get_params(self, deep: bool = True) -> dict[str, Any]:
+        """Hyperparameters as a dict (scikit-learn convention)."""
+        names = list(inspect.signature(type(self).__init__).parameters)[1:]
+        return {n: getattr(self, n) for n in names}
+
+    def set_params(self, **params: Any) -> FlowAutoencoder:
+        """Set hyperparameters; unknown names raise ``ValueError``."""
+        valid = self.get_params()
+        for key, value in params.items():
+            if key not in valid:
+                raise ValueError(f"unknown parameter {key!r} for FlowAutoencoder")
+            setattr(self, key, value)
+        return self
+
+    def __repr__(self) -> str:
+        return f"FlowAutoencoder(latent_dim={self.latent_dim!r}, flow={self.flow!r}, ...)"
+
+    def _check_params(self) -> None:
+        get_flow(self.flow)
+        if self.dtype not in _DTYPES:
+            raise ValueError(f"dtype must be 'float32' or 'float64', got {self.dtype!r}")
+        if self.on_constant not in ("drop", "error"):
+            raise ValueError(f"on_constant must be 'drop' or 'error', got {self.on_constant!r}")
+        if self.latent_dim != "auto" and (
+            not isinstance(self.latent_dim, int | np.integer) or self.latent_dim < 1
+        ):
+            raise ValueError(f"latent_dim must be a positive int or 'auto', got {self.latent_dim}")
+        for name in ("n_components", "d_flow", "hidden", "batch_size", "patience"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not 0.0 <= self.validation_fraction < 1.0:
+            raise ValueError("validation_fraction must lie in [0, 1)")
+        if not 0.0 < self.explained_variance <= 1.0:
+            raise ValueError("explained_variance must lie in (0, 1]")
+
+    # ------------------------------------------------------------------ preprocessing
+    def _fit_preprocessing(self, x: Tensor) -> None:
+        n, d = x.shape
+        x64 = x.double()
+        constant = (x64.max(0).values - x64.min(0).values) == 0
+        if bool(constant.all()):
+            raise ValueError("all columns of x are constant; there is nothing to model")
+        if bool(constant.any()):
+            cols = torch.nonzero(constant).flatten().tolist()
+            msg = (
+                f"x has {len(cols)} constant column(s) (zero variance, e.g. dead ReLU units): "
+                f"{cols[:20]}{' ...' if len(cols) > 20 else ''}"
+            )
+            if self.on_constant == "error":
+                raise ValueError(msg + "; pass on_constant='drop' to set them aside")
+            warnings.warn(
+                msg + "; they are set aside (restored by decode, ignored by log_prob)",
+                stacklevel=3,
+            )
+        self.d_in_ = d
+        self.constant_columns_ = torch.nonzero(constant).flatten()
+        self.kept_columns_ = torch.nonzero(~constant).flatten()
+        self.constant_values_ = x64[0, self.constant_columns_].clone()
+        xk = x64[:, self.kept_columns_]
+        dp = xk.shape[1]
+        self.n_features_modelled_ = dp
+        if dp < 2:
+            raise ValueError(f"x has {dp} non-constant column; at least 2 are needed")
+        self.mean_ = xk.mean(0)
+        xc = xk - self.mean_
+        cov = xc.T @ xc / n
+        evals, evecs = torch.linalg.eigh(cov)
+        evals, evecs = evals.flip(0).clamp_min(0.0), evecs.flip(1)
+        sign = torch.sign(evecs[evecs.abs().argmax(0), torch.arange(dp)])
+        evecs = evecs * torch.where(sign == 0, 1.0, sign)
+        self.scale_ = float(math.sqrt(float(evals.sum()) / dp))
+        self.components_ = evecs.contiguous()
+        self.explained_variance_ = evals / self.scale_**2
+        self.explained_variance_ratio_ = evals / evals.sum()
+        self.d_flow_ = min(int(self.d_flow), dp)
+        if self.latent_dim == "auto":
+            cum = torch.cumsum(self.explained_variance_ratio_, 0)
+            k = int((cum < self.explained_variance - 1e-12).sum()) + 1
+            k = max(k, min(int(self.min_latent_dim), self.d_flow_))
+            self.latent_dim_ = min(k, self.d_flow_)
+            logger.info(
+                "FlowAutoencoder: latent_dim='auto' chose k=%d (%.4f of the variance)",
+                self.latent_dim_,
+                float(cum[self.latent_dim_ - 1]),
+            )
+        else:
+            if int(self.latent_dim) > self.d_flow_:
+                raise ValueError(
+                    f"latent_dim={self.latent_dim} exceeds d_flow={self.d_flow_} "
+                    f"(min of d_flow and the {dp} non-constant columns)"
+                )
+            self.latent_dim_ = int(self.latent_dim)
+
+    def _to_pca(self, x: Tensor) -> Tensor:
+        """``y = Rᵀ(x − μ)/s`` on the non-constant columns  # (n, d')"""
+        xk = x[:, self.kept_columns_.to(x.device)]
+        return (xk - self._mean) @ self._components / self.scale_
+
+    def _from_pca(self, y: Tensor) -> Tensor:
+        """Inverse of :meth:`_to_pca`, constant columns restored  # (n, d_in)"""
+        out = y.new_empty(y.shape[0], self.d_in_)
+        out[:, self.kept_columns_.to(y.device)] = y @ self._components.T * self.scale_ + self._mean
+        out[:, self.constant_columns_.to(y.device)] = self.constant_values_.to(y)
+        return out
+
+    # ------------------------------------------------------------------ model
+    def _build_model(self) -> _Model:
+        gen = torch.Generator().manual_seed(int(self.seed))
+        flow_cls = get_flow(self.flow)
+        flow = flow_cls(
+            self.d_flow_, hidden=int(self.hidden), generator=gen, **(self.flow_options or {})
+        )
+        mixture = GaussianMixture(
+            int(self.n_components), self.latent_dim_, self.covariance_type, self.min_variance
+        )
+        return _Model(cast(Flow, flow), mixture, self.d_flow_ - self.latent_dim_)
+
+    def _set_device_tensors(self) -> None:
+        dt = _DTYPES[self.dtype]
+        self._mean = self.mean_.to(self._device, dt)
+        self._components = self.components_.to(self._device, dt)
+        tail = self.explained_variance_[self.d_flow_ :].clamp_min(self.min_variance)
+        self._tail_var = tail.to(self._device, dt)
+
+    def _noise_var(self, model: _Model) -> Tensor:
+        return torch.exp(model.noise_log_var) + self.min_variance
+
+    def _log_prob_terms(self, model: _Model, y: Tensor) -> tuple[Tensor, Tensor]:
+        """``(log p(x), u)`` from PCA coordinates ``y``  # (n,), (n, d_flow)"""
+        k, f = self.latent_dim_, self.d_flow_
+        u, logdet = model.flow(y[:, :f])
+        lp = (
+            model.mixture.log_prob(u[:, :k])
+            + _gauss_log_prob(u[:, k:], self._noise_var(model))
+            + _gauss_log_prob(y[:, f:], self._tail_var)
+            + logdet
+            - self.n_features_modelled_ * math.log(self.scale_)
+        )
+        return lp, u
+
+    def _loss(self, model: _Model, y: Tensor) -> tuple[Tensor, Tensor]:
+        lp, u = self._log_prob_terms(model, y)
+        nll = -lp.mean() / self.n_features_modelled_
+        if self.reconstruction_weight > 0:
+            k = self.latent_dim_
+            u0 = torch.cat([u[:, :k], torch.zeros_like(u[:, k:])], dim=1)
+            err = ((model.flow.inverse(u0) - y[:, : self.d_flow_]) ** 2).sum(1).mean()
+            return nll + self.reconstruction_weight * err / self.n_features_modelled_, nll
+        return nll, nll
+
+    # ------------------------------------------------------------------ fit
+    def fit(self, x: Any, y: Any = None) -> FlowAutoencoder:
+        """Fit preprocessing, flow and base density by maximum likelihood.
+
+        Parameters
+        ----------
+        x : ActivationSet | Tensor | ndarray  # (n, d), n > d, finite
+        y : ignored (scikit-learn convention).
+
+        Returns
+        -------
+        self
+        """
+        self._check_params()
+        x = as_matrix(x, "x", min_samples=2)
+        n, d = x.shape
+        if n <= d:
+            raise ValueError(
+                f"x has {n} samples for {d} dimensions; fewer samples than dimensions "
+                f"(at least {d + 1} rows are needed to estimate a {d}-dim covariance)"
+            )
+        x = x.detach().cpu().double()
+        x = x[torch.as_tensor(np.lexsort(x.numpy().T[::-1].copy()))]  # canonical row order
+        self._device = resolve_device(self.device)
+        self._fit_preprocessing(x)
+        self._set_device_tensors()
+        dt = _DTYPES[self.dtype]
+        y_all = self._to_pca(x.to(self._device, dt))
+        gen = torch.Generator().manual_seed(int(self.seed))
+        n_val = int(round(self.validation_fraction * n)) if n >= 20 else 0
+        order = torch.randperm(n, generator=gen).to(self._device)
+        y_val, y_tr = (y_all[order[:n_val]], y_all[order[n_val:]]) if n_val else (y_all, y_all)
+        model = self._build_model()
+        model.mixture.init_from_data(y_tr[:, : self.latent_dim_], int(self.seed))
+        with torch.no_grad():
+            noise = y_tr[:, self.latent_dim_ : self.d_flow_].double().var(0, unbiased=False)
+            model.noise_log_var.copy_(torch.log((noise - self.min_variance).clamp_min(1e-12)))
+        model = model.to(self._device, dt)
+        self.model_ = model
+        self._train(model, y_tr, y_val, self._fingerprint(x))
+        self.model_.eval()
+        return self
+
+    def _fingerprint(self, x: Tensor) -> str:
+        skip = (
+            "progress",
+            "checkpoint",
+            "checkpoint_every",
+            "max_epochs",
+            "max_steps",
+            "max_time",
+            "patience",
+        )  # a run may be resumed with a larger budget
+        params = {k: v for k, v in self.get_params().items() if k not in skip}
+        blob = json.dumps(params, sort_keys=True, default=str).encode()
+        return hashlib.sha256(blob + x.numpy().tobytes()).hexdigest()
+
+    def _train(self, model: _Model, y_tr: Tensor, y_val: Tensor, fingerprint: str) -> None:
+        opt = torch.optim.Adam(model.parameters(), lr=self.lr)
+        state = {
+            "epoch": 0,
+            "best": math.inf,
+            "best_epoch": 0,
+            "bad": 0,
+            "seconds": 0.0,
+            "steps": 0,
+        }
+        history: dict[str, list[float]] = {"train_nll": [], "val_nll": [], "seconds": []}
+        best_state = copy.deepcopy(model.state_dict())
+        if self.checkpoint is not None and Path(self.checkpoint).exists():
+            resumed = self._load_checkpoint(model, opt, fingerprint)
+            if resumed is not None:
+                state, history, best_state = resumed
+        n_tr = y_tr.shape[0]
+        bar = tqdm(
+            range(int(state["epoch"]), int(self.max_epochs)),
+            disable=not self.progress,
+            desc=f"FlowAutoencoder[{self.flow}] k={self.latent_dim_}",
+            leave=False,
+        )
+        n_seen, t_train = 0, 0.0
+        for epoch in bar:
+            t0 = time.perf_counter()
+            model.train()
+            perm = torch.randperm(
+                n_tr, generator=torch.Generator().manual_seed(self.seed * 7919 + epoch)
+            )
+            total, count = 0.0, 0
+            for idx in perm.to(y_tr.device).split(int(self.batch_size)):
+                loss, nll = self._loss(model, y_tr[idx])
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(
+                        f"non-finite training loss ({float(loss)}) at epoch {epoch}; lower lr "
+                        f"(now {self.lr}) or use dtype='float64'"
+                    )
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                total, count = total + float(nll.detach()) * len(idx), count + len(idx)
+                state["steps"] += 1
+            n_seen += n_tr
+            t_train += time.perf_counter() - t0
+            with torch.no_grad():
+                val = (
+                    -float(self._log_prob_terms(model, y_val)[0].mean()) / self.n_features_modelled_
+                )
+            if not math.isfinite(val):
+                raise FloatingPointError(f"non-finite held-out NLL at epoch {epoch}; lower lr")
+            state["seconds"] += time.perf_counter() - t0
+            history["train_nll"].append(total / count)
+            history["val_nll"].append(val)
+            history["seconds"].append(state["seconds"])
+            state["epoch"] = epoch + 1
+            if val < state["best"] - 1e-4:
+                state.update(best=val, best_epoch=epoch + 1, bad=0)
+                best_state = copy.deepcopy(model.state_dict())
+            else:
+                state["bad"] += 1
+            bar.set_postfix(
+                nll=f"{total / count:.3f}", val=f"{val:.3f}", best=f"{state['best']:.3f}"
+            )
+            stop = state["bad"] >= self.patience
+            timeout = self.max_time is not None and state["seconds"] >= self.max_time
+            timeout |= self.max_steps is not None and state["steps"] >= self.max_steps
+            if self.checkpoint is not None and (
+                stop or timeout or (epoch + 1) % self.checkpoint_every == 0
+            ):
+                self._save_checkpoint(model, opt, state, history, best_state, fingerprint)
+            if stop:
+                break
+            if timeout:
+                logger.info("FlowAutoencoder: time or step budget reached at epoch %d", epoch + 1)
+                break
+        bar.close()
+        model.load_state_dict(best_state)
+        self.history_ = history
+        self.n_epochs_ = state["epoch"]
+        self.best_epoch_ = state["best_epoch"]
+        self.fit_seconds_ = state["seconds"]
+        self.train_samples_per_second_ = n_seen / t_train if t_train > 0 else float("nan")
+
+    # ------------------------------------------------------------------ checkpoints
+    def _save_checkpoint(self, model, opt, state, history, best_state, fingerprint) -> None:  # noqa: ANN001
+        tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+        tensors.update({f"best.{k}": v for k, v in best_state.items()})
+        opt_sd = opt.state_dict()
+        for idx, st in opt_sd["state"].items():
+            for key, val in st.items():
+                tensors[f"opt.{idx}.{key}"] = torch.as_tensor(val)
+        meta = {
+            "kind": "FlowAutoencoder.checkpoint",
+            "fingerprint": fingerprint,
+            "state": state,
+            "history": history,
+            "param_groups": opt_sd["param_groups"],
+        }
+        save_state(str(self.checkpoint), tensors, meta)
+
+    def _load_checkpoint(self, model, opt, fingerprint):  # noqa: ANN001, ANN202
+        tensors, meta = load_state(self.checkpoint)
+        if meta.get("fingerprint") != fingerprint:
+            warnings.warn(
+                f"checkpoint {self.checkpoint} was written for other data or hyperparameters; "
+                "training starts afresh",
+                stacklevel=4,
+            )
+            return None
+        dev = self._device
+        model.load_state_dict(
+            {k[6:]: v.to(dev) for k, v in tensors.items() if k.startswith("model.")}
+        )
+        best = {k[5:]: v.to(dev) for k, v in tensors.items() if k.startswith("best.")}
+        opt_state: dict[int, dict[str, Tensor]] = {}
+        for key, val in tensors.items():
+            if key.startswith("opt."):
+                _, idx, name = key.split(".", 2)
+                opt_state.setdefault(int(idx), {})[name] = val if name == "step" else val.to(dev)
+        opt.load_state_dict({"state": opt_state, "param_groups": meta["param_groups"]})
+        logger.info(
+            "FlowAutoencoder: resumed from %s at epoch %d", self.checkpoint, meta["state"]["epoch"]
+        )
+        return meta["state"], meta["history"], best
+
+    # ------------------------------------------------------------------ inference
+    def _prepare(self, x: Any, name: str = "x") -> Tensor:
+        check_fitted(self, "model_")
+        t = as_matrix(x, name, dim=self.d_in_)
+        return t.to(self._device, _DTYPES[self.dtype])
+
+    @torch.no_grad()
+    def encode(self, x: Any) -> Tensor:
+        """Kept latent coordinates ``z = φ(y)[:, :k]``  # (n, d) → (n, k), CPU."""
+        y = self._to_pca(self._prepare(x))
+        self.model_.eval()
+        return self.model_.flow(y[:, : self.d_flow_])[0][:, : self.latent_dim_].cpu()
+
+    transform = encode
+
+    @torch.no_grad()
+    def decode(self, z: Any) -> Tensor:
+        """Activations from latents, noise coordinates set to zero  # (n, k) → (n, d), CPU."""
+        check_fitted(self, "model_")
+        zt = as_matrix(z, "z", dim=self.latent_dim_).to(self._device, _DTYPES[self.dtype])
+        n = zt.shape[0]
+        u = torch.cat([zt, zt.new_zeros(n, self.d_flow_ - self.latent_dim_)], dim=1)
+        self.model_.eval()
+        yf = self.model_.flow.inverse(u)
+        y = torch.cat([yf, yf.new_zeros(n, self.n_features_modelled_ - self.d_flow_)], dim=1)
+        return self._from_pca(y).cpu()
+
+    inverse_transform = decode
+
+    def log_prob(self, x: Any) -> Tensor:
+        """Exact log-density of each row (of its non-constant columns)  # (n, d) → (n,), CPU."""
+        y = self._to_pca(self._prepare(x))
+        self.model_.eval()
+        ctx = torch.enable_grad() if not self.model_.flow.volume_preserving else torch.no_grad()
+        with ctx:
+            lp = self._log_prob_terms(self.model_, y)[0]
+        return lp.detach().cpu()
+
+    def score(self, x: Any) -> float:
+        """Mean log-likelihood per modelled coordinate (nats/dim) of ``x``."""
+        return float(self.log_prob(x).double().mean()) / self.n_features_modelled_
+
+    @torch.no_grad()
+    def latent_log_prob(self, z: Any) -> Tensor:
+        """Log-density of the latent Gaussian mixture  # (n, k) → (n,), CPU."""
+        check_fitted(self, "model_")
+        zt = as_matrix(z, "z", dim=self.latent_dim_).to(self._device, _DTYPES[self.dtype])
+        return self.model_.mixture.log_prob(zt).cpu()
+
+    @torch.no_grad()
+    def predict_component(self, z: Any) -> Tensor:
+        """Most responsible mixture component of each latent row  # (n, k) → (n,) int64."""
+        check_fitted(self, "model_")
+        zt = as_matrix(z, "z", dim=self.latent_dim_).to(self._device, _DTYPES[self.dtype])
+        return self.model_.mixture.predict(zt).cpu()
+
+    @torch.no_grad()
+    def sample(self, n: int, seed: int | None = None) -> Tensor:
+        """``n`` draws from the fitted density  # (n, d), CPU."""
+        check_fitted(self, "model_")
+        gen = torch.Generator().manual_seed(self.seed if seed is None else seed)
+        model = self.model_.eval()
+        z = model.mixture.sample(n, gen)
+        dev, dt = self._device, _DTYPES[self.dtype]
+        var = torch.cat([self._noise_var(model), self._tail_var])
+        eps = torch.randn(n, var.shape[0], generator=gen, dtype=torch.float64).to(dev, dt)
+        eps = eps * var.sqrt()
+        f, k = self.d_flow_, self.latent_dim_
+        yf = model.flow.inverse(torch.cat([z, eps[:, : f - k]], dim=1))
+        return self._from_pca(torch.cat([yf, eps[:, f - k :]], dim=1)).cpu()
+
+    # ------------------------------------------------------------------ fitted views
+    @property
+    def mixture_weights_(self) -> Tensor:
+        """Mixture weights  # (K,)"""
+        check_fitted(self, "model_")
+        return self.model_.mixture.weights.detach().cpu()
+
+    @property
+    def mixture_means_(self) -> Tensor:
+        """Component means in the latent  # (K, k)"""
+        check_fitted(self, "model_")
+        return self.model_.mixture.means.detach().cpu()
+
+    @property
+    def mixture_covariances_(self) -> Tensor:
+        """Component covariances in the latent  # (K, k, k)"""
+        check_fitted(self, "model_")
+        return self.model_.mixture.covariances().detach().cpu()
+
+    @property
+    def noise_variance_(self) -> Tensor:
+        """Variances of the noise coordinates (flow noise, then trailing PCA)  # (d' − k,)"""
+        check_fitted(self, "model_")
+        return torch.cat([self._noise_var(self.model_), self._tail_var]).detach().cpu()
+
+    # ------------------------------------------------------------------ persistence
+    _ARRAYS = (
+        "constant_columns_",
+        "constant_values_",
+        "kept_columns_",
+        "mean_",
+        "components_",
+        "explained_variance_",
+        "explained_variance_ratio_",
+    )
+    _SCALARS = (
+        "d_in_",
+        "n_features_modelled_",
+        "latent_dim_",
+        "d_flow_",
+        "scale_",
+        "n_epochs_",
+        "best_epoch_",
+        "fit_seconds_",
+        "train_samples_per_second_",
+    )
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the fitted model to ``path`` (one .safetensors file, JSON header; no pickle)."""
+        check_fitted(self, "model_")
+        tensors = {name: getattr(self, name) for name in self._ARRAYS}
+        tensors.update({f"model.{k}": v for k, v in self.model_.state_dict().items()})
+        params = {
+            k: (str(v) if isinstance(v, os.PathLike) else v) for k, v in self.get_params().items()
+        }
+        meta = {
+            "kind": "FlowAutoencoder",
+            "params": params,
+            "fitted": {name: getattr(self, name) for name in self._SCALARS},
+            "history": self.history_,
+        }
+        return save_state(path, tensors, meta)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, device: str | None = None) -> FlowAutoencoder:
+        """Read a model written by :meth:`save` (optionally onto another ``device``)."""
+        tensors, meta = load_state(path)
+        if meta.get("kind") != "FlowAutoencoder":
+            raise ValueError(f"{path} does not hold a FlowAutoencoder (kind={meta.get('kind')!r})")
+        ae = cls(**meta["params"])
+        if device is not None:
+            ae.device = device
+        for name in cls._ARRAYS:
+            setattr(ae, name, tensors[name])
+        for name, value in meta["fitted"].items():
+            setattr(ae, name, value)
+        ae.history_ = meta["history"]
+        ae._device = resolve_device(ae.device)
+        ae._set_device_tensors()
+        model = ae._build_model().to(ae._device, _DTYPES[ae.dtype])
+        model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+        ae.model_ = model.eval()
+        return ae

@@ -1,0 +1,135 @@
+"""Flows: identity at initialisation, exact volume preservation, exact inverses, registry."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.testing import assert_close
+from torchdiffeq import odeint
+
+from flowmatch.flows import (
+    FLOWS,
+    AdditiveCouplingFlow,
+    DivergenceFreeCNF,
+    FFJORDFlow,
+    get_flow,
+    log_det_jacobian,
+    register_flow,
+)
+from flowmatch.flows.cnf import SeparableField
+
+VP_FLOWS = ["cnf", "coupling"]
+
+
+def _perturbed(name: str, dim: int, seed: int = 0, scale: float = 0.5, **kw) -> torch.nn.Module:
+    """A flow of ``name`` moved away from the identity by random parameter noise (float64)."""
+    gen = torch.Generator().manual_seed(seed)
+    flow = get_flow(name)(dim, hidden=24, generator=gen, **kw).double()
+    with torch.no_grad():
+        for p in flow.parameters():
+            p.add_(scale * torch.randn(p.shape, generator=gen, dtype=torch.float64))
+    return flow
+
+
+def test_registry() -> None:
+    assert FLOWS["cnf"] is DivergenceFreeCNF and FLOWS["coupling"] is AdditiveCouplingFlow
+    assert FLOWS["ffjord"] is FFJORDFlow and not FFJORDFlow.volume_preserving
+    with pytest.raises(KeyError, match="unknown flow"):
+        get_flow("nope")
+    with pytest.raises(ValueError, match="already registered"):
+        register_flow("cnf", AdditiveCouplingFlow)
+
+    @register_flow("test-only-flow")
+    class _Dummy(AdditiveCouplingFlow):
+        pass
+
+    try:
+        assert get_flow("test-only-flow") is _Dummy
+    finally:
+        FLOWS.pop("test-only-flow")
+
+
+@pytest.mark.parametrize("name", ["cnf", "coupling", "ffjord"])
+def test_identity_at_initialisation(name: str) -> None:
+    flow = get_flow(name)(7, hidden=16, generator=torch.Generator().manual_seed(1)).double()
+    x = torch.randn(9, 7, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    z, logdet = flow(x)
+    assert_close(z, x, rtol=0, atol=1e-12)
+    assert_close(logdet, torch.zeros(9, dtype=torch.float64), rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", VP_FLOWS)
+@pytest.mark.parametrize("dim", [6, 7])
+def test_exact_volume_preservation_autograd(name: str, dim: int) -> None:
+    flow = _perturbed(name, dim)
+    x = 2.0 * torch.randn(6, dim, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    z, logdet = flow(x)
+    assert (z - x).abs().max() > 0.5  # the map is far from the identity
+    assert torch.all(logdet == 0)
+    ld = log_det_jacobian(flow, x)
+    assert ld.abs().max() < 1e-5, ld
+    assert_close(ld, torch.zeros_like(ld), rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("name", VP_FLOWS)
+def test_exact_inverse(name: str) -> None:
+    flow = _perturbed(name, 8, seed=4)
+    x = torch.randn(20, 8, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    z, _ = flow(x)
+    assert_close(flow.inverse(z), x, rtol=0, atol=1e-10)
+    assert_close(flow(flow.inverse(x))[0], x, rtol=0, atol=1e-10)
+
+
+def test_separable_field_is_divergence_free() -> None:
+    field = SeparableField(9, hidden=16, generator=torch.Generator().manual_seed(0)).double()
+    with torch.no_grad():
+        field.w_out.normal_(generator=torch.Generator().manual_seed(1))
+    y = torch.randn(9, dtype=torch.float64)
+    jac = torch.autograd.functional.jacobian(lambda v: field(torch.tensor(0.3), v[None])[0], y)
+    assert jac.abs().sum() > 1.0
+    assert_close(torch.diagonal(jac), torch.zeros(9, dtype=torch.float64), rtol=0, atol=0)
+
+
+def test_leapfrog_is_registered_with_torchdiffeq_and_converges() -> None:
+    """The leapfrog solver approximates the ODE solution (second order) like rk4 does."""
+    field = SeparableField(6, hidden=16, generator=torch.Generator().manual_seed(0)).double()
+    with torch.no_grad():
+        field.w_out.normal_(std=0.3, generator=torch.Generator().manual_seed(1))
+    y0 = torch.randn(3, 6, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    ref = odeint(field, y0, torch.linspace(0, 1, 201, dtype=torch.float64), method="rk4")[-1]
+    errs = []
+    for n in (8, 16):
+        t = torch.linspace(0, 1, n + 1, dtype=torch.float64)
+        out = odeint(field, y0, t, method="leapfrog", options={"n_q": field.n_q})[-1]
+        errs.append(float((out - ref).detach().abs().max()))
+    assert errs[1] < errs[0] / 3  # halving the step cuts the error ~4x
+    assert errs[1] < 1e-2
+
+
+def test_rk4_cnf_is_only_approximately_volume_preserving() -> None:
+    """Documented behaviour: other torchdiffeq solvers preserve volume only up to their error."""
+    flow = _perturbed("cnf", 6, method="rk4", n_steps=4)
+    x = torch.randn(4, 6, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    assert log_det_jacobian(flow, x).abs().max() > 1e-8
+
+
+def test_ffjord_trace_estimates() -> None:
+    flow = _perturbed("ffjord", 5, scale=0.3)
+    x = torch.randn(4, 5, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
+    flow.eval()
+    with torch.no_grad():
+        _, exact = flow(x)
+    assert_close(exact, log_det_jacobian(flow, x), rtol=0, atol=5e-3)  # rk4, 8 steps
+    flow.train()
+    with torch.no_grad():  # one probe per row: 400 independent estimates per point
+        est = flow(x.repeat(400, 1))[1].reshape(400, 4).mean(0)
+    assert_close(est, exact, rtol=0, atol=0.15)  # Hutchinson is unbiased
+
+
+def test_bad_arguments() -> None:
+    with pytest.raises(ValueError, match="dim >= 2"):
+        DivergenceFreeCNF(1)
+    with pytest.raises(ValueError, match="unknown ODE method"):
+        DivergenceFreeCNF(4, method="nope")
+    with pytest.raises(ValueError, match="dim >= 2"):
+        AdditiveCouplingFlow(1)
