@@ -132,7 +132,7 @@ def refine_map(
     reg: float | None = None,
     seed: int = 0,
     anchors: tuple[Any, Any] | None = None,
-    anchor_weight: float = 1.0,
+    anchor_weight: float = 10.0,
     groups: tuple[Any, Any] | None = None,
     group_penalty: float = 0.0,
     kind: str = "affine",
@@ -147,7 +147,8 @@ def refine_map(
     max_exact : rows per side in each iteration's subsample (fresh, seeded, per iteration).
     reg : ``None`` → exact EMD; a float → Sinkhorn with that relative regularisation.
     anchors : optional known correspondences ``(src (p, d_a), dst (p, d_b))``; they join every
-        refit with total weight ``anchor_weight`` relative to the transported rows.
+        refit, each weighted like ``anchor_weight`` transported rows (a few anchors must not
+        outweigh the transported cloud, or the affine refit interpolates them).
     groups : optional ``(groups_a (n_a,), groups_b (n_b,))`` integer labels of matched branches
         (−1 = unassigned); transport between rows of different non-negative groups costs an
         extra ``group_penalty`` times the median squared distance, and A's rows are reweighted
@@ -192,7 +193,7 @@ def refine_map(
         src, dst, w = xa[ia][keep], target, mass[keep]
         if anchors is not None:
             pa, pb = _f64(anchors[0], "anchor sources"), _f64(anchors[1], "anchor targets")
-            w = torch.cat([w / w.sum(), torch.full((len(pa),), anchor_weight / len(pa))])
+            w = torch.cat([w / w.sum(), torch.full((len(pa),), anchor_weight / len(src))])
             src, dst = torch.cat([src, pa]), torch.cat([dst, pb])
         matrix, bias = fit(src, dst, w)
     return matrix, bias

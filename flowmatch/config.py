@@ -46,7 +46,7 @@ class TranslateSettings:
     n_refine: int = 20
     max_exact: int = 1500
     group_penalty: float = 1.0
-    anchor_weight: float = 1.0
+    anchor_weight: float = 10.0
 
 
 @dataclass(frozen=True)

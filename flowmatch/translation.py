@@ -260,7 +260,7 @@ def translate(
     n_refine: int = 20,
     max_exact: int = 1500,
     group_penalty: float = 1.0,
-    anchor_weight: float = 1.0,
+    anchor_weight: float = 10.0,
     affine_steps: int | None = None,
     seed: int = 0,
     progress: bool = True,

@@ -30,13 +30,11 @@ def test_fit_similarity_recovers_rotation_and_scale(gen):
 def test_refine_map_recovers_a_rotation_without_pairs(gen):
     k = 4
     centres = torch.randn(6, k, generator=gen, dtype=torch.float64) * 5
-    draw = lambda n: (
-        centres[torch.randint(0, 6, (n,), generator=gen)]
-        + 0.3
-        * torch.randn(  # noqa: E731
-            n, k, generator=gen, dtype=torch.float64
-        )
-    )
+
+    def draw(n):
+        labels = torch.randint(0, 6, (n,), generator=gen)
+        return centres[labels] + 0.3 * torch.randn(n, k, generator=gen, dtype=torch.float64)
+
     q, c = _rotation(k, gen), torch.randn(k, generator=gen, dtype=torch.float64)
     xa, xb = draw(600), draw(600) @ q.T + c  # different samples: no pairs
     m0 = q + 0.15 * torch.randn(k, k, generator=gen, dtype=torch.float64)
