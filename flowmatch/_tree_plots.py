@@ -29,9 +29,10 @@ def _leaf_text(tree: Any, v: int) -> str:
     return text
 
 
-def plot_tree(tree: Any, ax: Any = None) -> Any:
-    """Dendrogram: leaves along x (elder branch on the left), height = log-density level."""
-    fig, ax = _axes(ax, (max(4.0, 0.7 * tree.n_modes_ + 2), 4.0))
+def leaf_positions(tree: Any) -> dict[int, float]:
+    """x position of every node of ``tree.tree_`` for a dendrogram: leaves at 0, 1, 2, … in a
+    depth-first order (elder child on the left, so branches never cross), a merge node at the
+    mean of its children."""
     g = tree.tree_
     xpos: dict[int, float] = {}
     post: list[int] = []
@@ -52,6 +53,14 @@ def plot_tree(tree: Any, ax: Any = None) -> Any:
         kids = list(g.successors(v))
         if kids:
             xpos[v] = float(np.mean([xpos[c] for c in kids]))
+    return xpos
+
+
+def plot_tree(tree: Any, ax: Any = None) -> Any:
+    """Dendrogram: leaves along x (elder branch on the left), height = log-density level."""
+    fig, ax = _axes(ax, (max(4.0, 0.7 * tree.n_modes_ + 2), 4.0))
+    g = tree.tree_
+    xpos = leaf_positions(tree)
     bottom = float(tree.log_density_.min())
     for v in g.nodes:
         level = g.nodes[v]["level"]

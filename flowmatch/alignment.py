@@ -44,6 +44,16 @@ def _weights(w: Any, n: int) -> Tensor:
     return w / w.sum()
 
 
+def _centred(src: Any, dst: Any, weights: Any) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Rows of src and dst centred on their weighted means: (xc, yc, w, mean_x, mean_y)."""
+    x, y = _f64(src, "src"), _f64(dst, "dst")
+    if len(x) != len(y):
+        raise ValueError(f"src has {len(x)} rows but dst has {len(y)}")
+    w = _weights(weights, len(x))
+    mx, my = w @ x, w @ y
+    return x - mx, y - my, w, mx, my
+
+
 def apply_map(x: Any, matrix: Tensor, bias: Tensor) -> Tensor:
     """``x @ matrix.T + bias``  # (n, d_src) → (n, d_dst), float64."""
     return _f64(x, "x") @ matrix.T + bias
@@ -64,15 +74,10 @@ def fit_affine(
     matrix : Tensor  # (d_dst, d_src)
     bias : Tensor  # (d_dst,)
     """
-    x, y = _f64(src, "src"), _f64(dst, "dst")
-    if len(x) != len(y):
-        raise ValueError(f"src has {len(x)} rows but dst has {len(y)}")
-    w = _weights(weights, len(x))
-    mx, my = w @ x, w @ y
-    xc, yc = x - mx, y - my
+    xc, yc, w, mx, my = _centred(src, dst, weights)
     gram = xc.T @ (w[:, None] * xc)
     scale = torch.trace(gram) / gram.shape[0]
-    gram = gram + ridge * float(scale.clamp_min(1e-300)) * torch.eye(gram.shape[0], dtype=x.dtype)
+    gram = gram + ridge * float(scale.clamp_min(1e-300)) * torch.eye(gram.shape[0], dtype=xc.dtype)
     matrix = torch.linalg.solve(gram, xc.T @ (w[:, None] * yc)).T
     return matrix, my - mx @ matrix.T
 
@@ -88,12 +93,7 @@ def fit_similarity(src: Any, dst: Any, weights: Any = None) -> tuple[Tensor, Ten
     matrix : Tensor  # (d_dst, d_src) equal to s·R
     bias : Tensor  # (d_dst,)
     """
-    x, y = _f64(src, "src"), _f64(dst, "dst")
-    if len(x) != len(y):
-        raise ValueError(f"src has {len(x)} rows but dst has {len(y)}")
-    w = _weights(weights, len(x))
-    mx, my = w @ x, w @ y
-    xc, yc = x - mx, y - my
+    xc, yc, w, mx, my = _centred(src, dst, weights)
     u, s, vh = torch.linalg.svd(yc.T @ (w[:, None] * xc), full_matrices=False)
     rot = u @ vh
     scale = s.sum() / (w[:, None] * xc**2).sum().clamp_min(1e-300)

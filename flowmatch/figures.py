@@ -23,6 +23,8 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
+from flowmatch._tree_plots import leaf_positions
+
 __all__ = [
     "comparison_bars",
     "latent_views",
@@ -70,34 +72,9 @@ def _pair_index(matching: Any, side: int, n: int) -> np.ndarray:
     return out
 
 
-def _leaf_x(tree: Any) -> dict[int, float]:
-    """x position of every node: leaves left to right by depth-first order (elder child left)."""
-    g = tree.tree_
-    xpos: dict[int, float] = {}
-    post: list[int] = []
-    stack: list[tuple[int, bool]] = [(tree.root_, False)]
-    n_placed = 0
-    while stack:
-        v, done = stack.pop()
-        kids = sorted(g.successors(v), key=lambda c: g.nodes[c]["peak"])
-        if done or not kids:
-            post.append(v)
-            if not kids:
-                xpos[v] = float(n_placed)
-                n_placed += 1
-            continue
-        stack.append((v, True))
-        stack.extend((c, False) for c in kids)
-    for v in post:
-        kids = list(g.successors(v))
-        if kids:
-            xpos[v] = float(np.mean([xpos[c] for c in kids]))
-    return xpos
-
-
 def _draw_tree(ax: Any, tree: Any, leaf_colour: list[Any], leaf_tag: list[str], title: str) -> None:
     g = tree.tree_
-    xpos = _leaf_x(tree)
+    xpos = leaf_positions(tree)
     node_of_leaf = {int(v): i for i, v in enumerate(tree.leaves_)}
     bottom = float(np.min(tree.log_density_))
 

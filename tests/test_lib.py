@@ -6,6 +6,7 @@ import copy
 
 import pytest
 import torch
+from _nets import mlp
 from torch import nn
 from torch.testing import assert_close
 
@@ -24,16 +25,6 @@ from flowmatch._validation import NotFittedError
 from flowmatch.metrics import r2_score
 
 
-def _mlp(widths: list[int], act: type[nn.Module] = nn.ReLU, seed: int = 0) -> nn.Sequential:
-    torch.manual_seed(seed)
-    layers: list[nn.Module] = []
-    for i, (a, b) in enumerate(zip(widths, widths[1:])):
-        layers.append(nn.Linear(a, b))
-        if i < len(widths) - 2:
-            layers.append(act())
-    return nn.Sequential(*layers).double()
-
-
 def _inputs(n: int, d: int, seed: int = 1) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     scales = torch.linspace(0.5, 2.0, d, dtype=torch.float64)
@@ -41,7 +32,7 @@ def _inputs(n: int, d: int, seed: int = 1) -> torch.Tensor:
 
 
 def test_lib_gram_is_diagonal_with_entries_lambda() -> None:
-    model, x = _mlp([6, 8, 7, 4]), _inputs(150, 6)
+    model, x = mlp([6, 8, 7, 4]), _inputs(150, 6)
     lib = LocalInteractionBasis().fit(model, x)
     acts = lib.network_.node_activations(x)
     for basis, f in zip(lib.bases_[:-1], acts[:-1]):
@@ -54,7 +45,7 @@ def test_lib_gram_is_diagonal_with_entries_lambda() -> None:
 
 def test_lib_jacobian_gram_is_identity_without_separate_constant() -> None:
     # E[Ĵᵀ Ĵ] = I for Ĵ = ∂f̂^{l+1}/∂f̂^l, the defining property of the second rotation
-    model, x = _mlp([5, 6, 4]), _inputs(200, 5)
+    model, x = mlp([5, 6, 4]), _inputs(200, 5)
     lib = LocalInteractionBasis(separate_constant=False).fit(model, x)
     b0, b1 = lib.bases_[0], lib.bases_[1]
     stage = folded_stage(lib.network_.stages[0])
@@ -64,7 +55,7 @@ def test_lib_jacobian_gram_is_identity_without_separate_constant() -> None:
 
 
 def test_identity_activations_give_diagonal_edges() -> None:
-    linear = _mlp([5, 5, 5, 5], act=nn.Identity)
+    linear = mlp([5, 5, 5, 5], act=nn.Identity)
     x = _inputs(150, 5)
     lib = LocalInteractionBasis().fit(linear, x)
     for e in lib.edges_:
@@ -72,7 +63,7 @@ def test_identity_activations_give_diagonal_edges() -> None:
         off = (e - torch.diag(torch.diag(e))).sum() / e.sum()
         assert float(off) < 1e-10
     # the same check fails for a ReLU network, so it is not vacuous
-    relu = LocalInteractionBasis().fit(_mlp([5, 5, 5, 5]), x)
+    relu = LocalInteractionBasis().fit(mlp([5, 5, 5, 5]), x)
     e = relu.edges_[0]
     assert float((e.sum() - e.diagonal().sum()) / e.sum()) > 1e-3
 
@@ -134,7 +125,7 @@ def test_block_diagonal_mlp_has_under_one_percent_cross_block_edges(seed: int) -
 
 
 def test_ablation_curve_endpoints_and_pca_reference() -> None:
-    model, x = _mlp([6, 10, 8, 3], seed=3), _inputs(300, 6)
+    model, x = mlp([6, 10, 8, 3], seed=3), _inputs(300, 6)
     y = model(x).argmax(1)
     lib = LocalInteractionBasis().fit(model, x)
     basis = lib.bases_[1]
@@ -159,7 +150,7 @@ def test_edge_concentration_reference() -> None:
 def test_transform_errors_and_not_fitted() -> None:
     with pytest.raises(NotFittedError):
         LocalInteractionBasis().transform(torch.zeros(2, 3), "input")
-    lib = LocalInteractionBasis().fit(_mlp([3, 4, 2]), _inputs(50, 3))
+    lib = LocalInteractionBasis().fit(mlp([3, 4, 2]), _inputs(50, 3))
     with pytest.raises(KeyError, match="unknown node"):
         lib.transform(torch.zeros(2, 3), "nope")
     with pytest.raises(ValueError):

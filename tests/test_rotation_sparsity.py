@@ -6,6 +6,7 @@ import copy
 
 import pytest
 import torch
+from _nets import mlp
 from torch import nn
 from torch.testing import assert_close
 
@@ -24,16 +25,6 @@ from baselines.rotation_sparsity import (
 from flowmatch._validation import NotFittedError
 
 
-def _mlp(widths: list[int], act: type[nn.Module] = nn.ReLU, seed: int = 0) -> nn.Sequential:
-    torch.manual_seed(seed)
-    layers: list[nn.Module] = []
-    for i, (a, b) in enumerate(zip(widths, widths[1:])):
-        layers.append(nn.Linear(a, b))
-        if i < len(widths) - 2:
-            layers.append(act())
-    return nn.Sequential(*layers).double()
-
-
 def _random_rotation(d: int, seed: int) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     q, _ = torch.linalg.qr(torch.randn(d, d, generator=g, dtype=torch.float64))
@@ -46,7 +37,7 @@ def _inputs(n: int, d: int, seed: int = 1) -> torch.Tensor:
 
 
 def test_rotated_network_preserves_function_and_rotates_activations() -> None:
-    model, x = _mlp([5, 7, 6, 3]), _inputs(64, 5)
+    model, x = mlp([5, 7, 6, 3]), _inputs(64, 5)
     rots = {"1": _random_rotation(7, 0), "3": _random_rotation(6, 1)}
     rotated = rotated_network(model, rots)
     with torch.no_grad():
@@ -59,7 +50,7 @@ def test_rotated_network_preserves_function_and_rotates_activations() -> None:
 
 
 def test_rotate_jacobians_matches_jacobians_of_rotated_network() -> None:
-    model, x = _mlp([4, 6, 5, 3]), _inputs(32, 4)
+    model, x = mlp([4, 6, 5, 3]), _inputs(32, 4)
     rots = {"1": _random_rotation(6, 2), "3": _random_rotation(5, 3)}
     net = split_network(model)
     jacs = stage_jacobians(net, net.node_activations(x))
@@ -140,7 +131,7 @@ def test_pca_rotations_diagonalise_covariance() -> None:
 def test_errors() -> None:
     with pytest.raises(NotFittedError):
         RotationSparsity().node_rotations()
-    model = _mlp([3, 4, 2])
+    model = mlp([3, 4, 2])
     with pytest.raises(KeyError, match="unknown measure"):
         RotationSparsity("nope").fit(model, _inputs(10, 3))
     with pytest.raises(KeyError, match="unknown hidden nodes"):
