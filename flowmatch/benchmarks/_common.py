@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import argparse
 import platform
 import resource
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -14,7 +15,15 @@ import torch
 
 from flowmatch._io import write_json
 
-__all__ = ["environment", "format_table", "peak_rss_mb", "print_table", "timer", "write_result"]
+__all__ = [
+    "environment",
+    "format_table",
+    "peak_rss_mb",
+    "print_table",
+    "run_as_script",
+    "timer",
+    "write_result",
+]
 
 
 def environment(seed: int | None = None, device: str | None = None) -> dict[str, Any]:
@@ -94,3 +103,14 @@ def write_result(path: str | None, result: dict[str, Any]) -> None:
     if path:
         write_json(path, result)
         print(f"\nwrote {path}")
+
+
+def run_as_script(
+    doc: str | None,
+    add_arguments: Callable[[argparse.ArgumentParser], None],
+    run: Callable[[argparse.Namespace], Any],
+) -> None:
+    """``python -m flowmatch.benchmarks.NAME``: parse the benchmark's options and run it."""
+    parser = argparse.ArgumentParser(description=(doc or "").strip().splitlines()[0])
+    add_arguments(parser)
+    run(parser.parse_args())

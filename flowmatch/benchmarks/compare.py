@@ -13,7 +13,7 @@ import argparse
 import json
 from typing import Any
 
-from flowmatch.benchmarks._common import environment, timer, write_result
+from flowmatch.benchmarks._common import environment, run_as_script, timer, write_result
 
 __all__ = ["add_arguments", "run"]
 
@@ -99,6 +99,4 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    _parser = argparse.ArgumentParser(prog="flowmatch compare", description=__doc__)
-    add_arguments(_parser)
-    run(_parser.parse_args())
+    run_as_script(__doc__, add_arguments, run)

@@ -28,7 +28,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from flowmatch.benchmarks._common import environment, print_table, timer, write_result
+from flowmatch.benchmarks._common import (
+    environment,
+    print_table,
+    run_as_script,
+    timer,
+    write_result,
+)
 
 __all__ = ["add_arguments", "run"]
 
@@ -242,8 +248,4 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    _parser = argparse.ArgumentParser(
-        prog="flowmatch bench flow", description=__doc__.split("\n")[0]
-    )
-    add_arguments(_parser)
-    run(_parser.parse_args())
+    run_as_script(__doc__, add_arguments, run)

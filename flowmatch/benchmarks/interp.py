@@ -24,7 +24,13 @@ import copy
 from pathlib import Path
 from typing import Any
 
-from flowmatch.benchmarks._common import environment, print_table, timer, write_result
+from flowmatch.benchmarks._common import (
+    environment,
+    print_table,
+    run_as_script,
+    timer,
+    write_result,
+)
 
 __all__ = ["add_arguments", "run"]
 
@@ -380,6 +386,4 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    _parser = argparse.ArgumentParser(prog="flowmatch bench interp", description=__doc__)
-    add_arguments(_parser)
-    run(_parser.parse_args())
+    run_as_script(__doc__, add_arguments, run)

@@ -41,7 +41,13 @@ from baselines.polytope import (
     spline_codes,
 )
 from flowmatch._validation import resolve_device, seed_everything
-from flowmatch.benchmarks._common import environment, print_table, timer, write_result
+from flowmatch.benchmarks._common import (
+    environment,
+    print_table,
+    run_as_script,
+    timer,
+    write_result,
+)
 from flowmatch.zoo import list_pairs, load_pair
 
 __all__ = ["add_arguments", "run"]
@@ -439,6 +445,4 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    _parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_arguments(_parser)
-    run(_parser.parse_args())
+    run_as_script(__doc__, add_arguments, run)

@@ -17,7 +17,13 @@ from typing import Any
 
 import numpy as np
 
-from flowmatch.benchmarks._common import environment, print_table, timer, write_result
+from flowmatch.benchmarks._common import (
+    environment,
+    print_table,
+    run_as_script,
+    timer,
+    write_result,
+)
 
 __all__ = ["add_arguments", "run", "synthetic_pair"]
 
@@ -143,6 +149,4 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    _parser = argparse.ArgumentParser(prog="flowmatch bench translate", description=__doc__)
-    add_arguments(_parser)
-    run(_parser.parse_args())
+    run_as_script(__doc__, add_arguments, run)

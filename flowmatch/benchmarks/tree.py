@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from flowmatch.benchmarks._common import environment, print_table, write_result
+from flowmatch.benchmarks._common import environment, print_table, run_as_script, write_result
 
 __all__ = ["add_arguments", "run"]
 
@@ -229,6 +229,4 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    _parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_arguments(_parser)
-    run(_parser.parse_args())
+    run_as_script(__doc__, add_arguments, run)
