@@ -15,18 +15,11 @@ import importlib
 import sys
 from collections.abc import Sequence
 
+from flowmatch.benchmarks import BENCHMARKS
+
 __all__ = ["main"]
 
 DEFAULT_CONFIG = "configs/digits.yaml"
-
-_BENCHMARKS = {
-    "flow": "flow autoencoders vs PCA+GMM and a trace-estimator CNF",
-    "tree": "density-tree time and memory vs gudhi's ToMATo",
-    "translate": "zero-pair translation vs supervised stitching and Gromov-Wasserstein",
-    "compare": "every method on every zoo pair under the evaluation protocol",
-    "interp": "Jacobian-sparsity rotations and the Local Interaction Basis on digits MLPs",
-    "polytope": "polytope (spline-code) densities and code clusters on the zoo models",
-}
 
 
 def _cmd_zoo(args: argparse.Namespace) -> int:
@@ -128,7 +121,7 @@ def _parser() -> argparse.ArgumentParser:
 
     b = sub.add_parser("bench", help="benchmarks that print measured figures")
     bs = b.add_subparsers(dest="bench", required=True)
-    for name, help_text in _BENCHMARKS.items():
+    for name, help_text in BENCHMARKS.items():
         _add_bench_arguments(bs.add_parser(name, help=help_text, description=help_text), name)
     b.set_defaults(func=_cmd_bench)
     return p
