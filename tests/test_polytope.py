@@ -18,9 +18,10 @@ from baselines.polytope import (
     cluster_codes,
     cluster_purity,
     hamming_distances,
+    length_matched_ratio,
     path_density,
     relu_layers,
-    sample_pairs,
+    sample_class_paths,
     spline_codes,
 )
 from flowmatch._validation import NotFittedError
@@ -190,22 +191,81 @@ def test_path_density_bad_input():
         path_density(net, x, x + 1, count="bits", device="cpu")
 
 
-def test_sample_pairs_respect_labels_and_seed():
-    y = torch.tensor([0, 0, 1, 1, 1, 2, 2, 0, 1, 2])
-    intra = sample_pairs(y, 200, same_class=True, seed=0)
-    inter = sample_pairs(y, 200, same_class=False, seed=0)
-    assert intra.shape == (200, 2) and inter.shape == (200, 2)
-    assert torch.all(y[intra[:, 0]] == y[intra[:, 1]]) and torch.all(intra[:, 0] != intra[:, 1])
-    assert torch.all(y[inter[:, 0]] != y[inter[:, 1]])
-    torch.testing.assert_close(sample_pairs(y, 200, same_class=True, seed=0), intra)
-    assert not torch.equal(sample_pairs(y, 200, same_class=True, seed=1), intra)
-    x = torch.zeros(10, 2)  # every input identical: no valid pair exists
+def test_path_length_in_preactivation_space_of_an_affine_layer_is_exact():
+    """Before the first ReLU the path stays straight: its image has length ‖W (x1 − x0)‖."""
+    net = _one_layer_net(n_hidden=9)
+    gen = torch.Generator().manual_seed(5)
+    x0 = torch.randn(10, 2, dtype=torch.float64, generator=gen)
+    x1 = torch.randn(10, 2, dtype=torch.float64, generator=gen)
+    res = path_density(net, x0, x1, n_steps=33, device="cpu")
+    expected = ((x1 - x0) @ net.fc1.weight.detach().T).norm(dim=1)
+    torch.testing.assert_close(res.layer_length[:, 0], expected)
+    assert res.layer_units == (9,)
+    torch.testing.assert_close(
+        res.layer_density("preact")[:, 0], res.layer_changes[:, 0].double() / expected
+    )
+    torch.testing.assert_close(res.layer_density("input"), res.density[:, None])
+    with pytest.raises(KeyError, match="unknown normalisation"):
+        res.layer_density("output")
+
+
+def test_first_layer_count_is_exact_at_any_resolution_deeper_layers_converge():
+    """The first layer is affine along a path (one flip per unit at most): endpoint Hamming
+    distance, even with 2 points. Deeper layers may flip back and forth within a step."""
+    net = _two_layer_net(seed=8)
+    gen = torch.Generator().manual_seed(6)
+    x0 = 2 * torch.randn(40, 4, dtype=torch.float64, generator=gen)
+    x1 = 2 * torch.randn(40, 4, dtype=torch.float64, generator=gen)
+    c0 = spline_codes(net, x0, ["relu1"], device="cpu")
+    c1 = spline_codes(net, x1, ["relu1"], device="cpu")
+    coarse = path_density(net, x0, x1, n_steps=2, device="cpu")
+    fine = path_density(net, x0, x1, n_steps=1025, device="cpu")
+    finer = path_density(net, x0, x1, n_steps=2049, device="cpu")  # contains fine's points
+    torch.testing.assert_close(coarse.layer_changes[:, 0], (c0 != c1).sum(1))
+    torch.testing.assert_close(fine.layer_changes[:, 0], (c0 != c1).sum(1))
+    assert coarse.layer_changes[:, 1].sum() < fine.layer_changes[:, 1].sum()  # misses flips
+    torch.testing.assert_close(finer.layer_changes, fine.layer_changes)
+    # the polyline through more points of a piecewise-linear curve is longer, and converges
+    assert torch.all(finer.layer_length >= fine.layer_length * (1 - 1e-9))
+    torch.testing.assert_close(finer.layer_length, fine.layer_length, rtol=1e-3, atol=0)
+    # hidden-layer length is the polyline through the sampled pre-activations, not the chord
+    t = torch.linspace(0, 1, 1025, dtype=torch.float64)[:, None]
+    for p in range(3):
+        pts = (1 - t) * x0[p] + t * x1[p]  # (1025, 4)
+        h2 = net.fc2(torch.relu(net.fc1(pts))).detach()
+        polyline = (h2[1:] - h2[:-1]).norm(dim=1).sum()
+        torch.testing.assert_close(fine.layer_length[p, 1], polyline)
+    chord = (net.fc2(torch.relu(net.fc1(x1))) - net.fc2(torch.relu(net.fc1(x0)))).norm(dim=1)
+    assert torch.all(fine.layer_length[:, 1] >= chord.detach() * (1 - 1e-9))
+    assert torch.any(fine.layer_length[:, 1] > 1.05 * chord.detach())  # bent by relu1
+
+
+def test_sample_class_paths_are_balanced_matched_and_seeded():
+    y = torch.tensor([0] * 30 + [1] * 12 + [2] * 50 + [3])  # class 3 has one row: no intra path
+    ends = sample_class_paths(y, 100, seed=0)
+    assert ends.shape == (100, 3) and ends.dtype == torch.long
+    start, same, other = y[ends[:, 0]], y[ends[:, 1]], y[ends[:, 2]]
+    assert torch.all(start == same) and torch.all(ends[:, 0] != ends[:, 1])
+    assert torch.all(start != other)
+    counts = torch.bincount(start, minlength=4)
+    assert counts[3] == 0 and counts[:3].max() - counts[:3].min() <= 1  # balanced starts
+    # class 1 has 12 rows for 33 or 34 starts: every row used 2 or 3 times (no replacement
+    # until the class runs out)
+    uses = torch.bincount(ends[start == 1, 0], minlength=len(y))[30:42]
+    assert uses.min() >= 2 and uses.max() <= 3
+    # other-class ends spread over the other classes, class 3 included
+    assert set(other.tolist()) == {0, 1, 2, 3}
+    torch.testing.assert_close(sample_class_paths(y, 100, seed=0), ends)
+    assert not torch.equal(sample_class_paths(y, 100, seed=1), ends)
+    x = torch.zeros(len(y), 2)  # every input identical: no valid end exists
     with pytest.raises(ValueError, match="duplicate"):
-        sample_pairs(y, 5, same_class=True, inputs=x)
+        sample_class_paths(y, 5, inputs=x)
     with pytest.raises(ValueError, match="one class"):
-        sample_pairs(torch.zeros(5), 3, same_class=False)
+        sample_class_paths(torch.zeros(5), 3)
     with pytest.raises(ValueError, match="two samples"):
-        sample_pairs(torch.arange(5), 3, same_class=True)
+        sample_class_paths(torch.arange(5), 3)
+    with pytest.raises(ValueError, match="positive"):
+        sample_class_paths(y, 0)
 
 
 def test_class_path_density_sees_boundaries_between_classes():
@@ -224,6 +284,40 @@ def test_class_path_density_sees_boundaries_between_classes():
     assert res.intra_ci.mean == 0 and res.inter_ci.low > 0
     assert res.ratio_ci.mean == float("inf")
     assert torch.all(y[res.inter_pairs[:, 0]] != y[res.inter_pairs[:, 1]])
+    assert torch.equal(res.intra_pairs[:, 0], res.inter_pairs[:, 0])  # shared starts
+    torch.testing.assert_close(
+        res.intra.length, (x[res.intra_pairs[:, 0]] - x[res.intra_pairs[:, 1]]).norm(dim=1)
+    )
+
+
+def test_layer_ratios_per_layer_and_whole_code():
+    """Layer 1 separates the classes, layer 2 is blind to the class direction."""
+    net = nn.Sequential(
+        OrderedDict(fc1=nn.Linear(2, 4), relu1=nn.ReLU(), fc2=nn.Linear(4, 3), hidden=nn.ReLU())
+    ).double()
+    with torch.no_grad():  # units 3, 4 pass x_1 on (never flip for |x_1| < 10)
+        net.fc1.weight.copy_(torch.tensor([[1.0, 0.0], [-1.0, 0.0], [0.0, 1.0], [0.0, -1.0]]))
+        net.fc1.bias.copy_(torch.tensor([0.0, 0.0, 10.0, 10.0]))
+        net.fc2.weight.copy_(torch.tensor([[0.0, 0.0, 1.0, -1.0]] * 3))  # = 2 x_1
+        net.fc2.bias.copy_(torch.tensor([-0.5, 0.0, 0.5]))
+    gen = torch.Generator().manual_seed(1)
+    y = torch.arange(200) % 2
+    x = torch.randn(200, 2, dtype=torch.float64, generator=gen)
+    x[:, 0] = torch.where(y == 0, -1.0, 1.0) * (1 + x[:, 0].abs())  # class = sign of x_0
+    res = class_path_density(net, x, y, n_pairs=80, n_steps=64, n_boot=300, device="cpu")
+    by_layer = res.layer_ratios("input", n_boot=300)
+    assert [r.layer for r in by_layer] == ["relu1", "hidden", "all"]
+    relu1, hidden, whole = by_layer
+    assert relu1.intra.mean == 0 and relu1.inter.low > 0  # only inter paths cross x_0 = 0
+    torch.testing.assert_close(res.inter.layer_changes[:, 0], torch.full((80,), 2))
+    # "hidden" sees only x_1 (its pre-activation is x_1 + b): as many flips on both kinds of
+    # path, but inter paths are longer in the input, so per unit input distance inter < intra;
+    # per unit of its own pre-activation length the two agree.
+    assert hidden.ratio.high < 0.8
+    preact = res.layer_ratios("preact", whole=False, n_boot=300)
+    assert [r.layer for r in preact] == ["relu1", "hidden"] and preact[1].normalise == "preact"
+    assert preact[1].ratio.low < 1 < preact[1].ratio.high
+    assert whole.ratio.mean == res.ratio_ci.mean and whole.normalise == "input"
 
 
 # ----------------------------------------------------------------------------- statistics
@@ -243,6 +337,40 @@ def test_bootstrap_ci_properties():
         bootstrap_ci([1.0, float("nan")])
     with pytest.raises(ValueError, match="level"):
         bootstrap_ci(v, level=1.5)
+
+
+def test_paired_bootstrap_uses_the_pairing():
+    rng = np.random.default_rng(1)
+    base = rng.lognormal(0.0, 1.0, size=300)  # large spread shared by both samples
+    inter = 1.1 * base * rng.lognormal(0.0, 0.05, size=300)
+    paired = bootstrap_ci(inter, against=base, paired=True, seed=0)
+    independent = bootstrap_ci(inter, against=base, seed=0)
+    assert paired.mean == independent.mean == pytest.approx(inter.mean() / base.mean())
+    assert paired.low > 1.05 and paired.high < 1.15  # tight: the shared spread cancels
+    assert (paired.high - paired.low) < 0.3 * (independent.high - independent.low)
+    with pytest.raises(ValueError, match="equal lengths"):
+        bootstrap_ci(inter, against=base[:10], paired=True)
+
+
+def test_length_matched_ratio_removes_a_length_effect_and_keeps_a_real_one():
+    rng = np.random.default_rng(0)
+    n = 600
+    li = rng.uniform(1.0, 3.0, n)
+    le = rng.uniform(1.5, 4.0, n)  # inter paths longer, overlapping range
+    sublinear = lambda length: length**0.5 / length  # noqa: E731  count ∝ √length
+    noise = lambda: rng.lognormal(0.0, 0.1, n)  # noqa: E731
+    di, de = sublinear(li) * noise(), sublinear(le) * noise()
+    raw = bootstrap_ci(de, against=di, paired=True)
+    assert raw.high < 0.95  # longer inter paths look less dense
+    same = length_matched_ratio(di, li, de, le, n_bins=8, n_boot=500)
+    # most of the deficit goes; length differences within a bin leave a small residual
+    assert abs(same.mean - 1) < 0.25 * abs(raw.mean - 1) and same.high > 0.97
+    real = length_matched_ratio(di, li, 1.5 * de, le, n_bins=8, n_boot=500)
+    assert real.mean == pytest.approx(1.5, abs=0.08) and real.low > 1.3
+    apart = length_matched_ratio(di, li, de, li + 10.0, n_bins=4, n_boot=50)  # no overlap
+    assert np.isnan(apart.mean)
+    with pytest.raises(ValueError, match="common length"):
+        length_matched_ratio(di, li, de[:5], le)
 
 
 def test_cluster_purity_hand_example():
@@ -336,3 +464,21 @@ def test_method_bad_input():
         get_method("polytope", clusterer="spectral").fit(data)
     with pytest.raises(KeyError, match="unknown region"):
         get_method("polytope", region="everything").fit(data)
+
+
+def test_layer_density_figure_has_a_panel_pair_per_model():
+    from flowmatch.benchmarks.polytope import layer_density_figure
+
+    net = _two_layer_net(seed=4)
+    gen = torch.Generator().manual_seed(2)
+    y = torch.arange(60) % 3
+    x = torch.randn(60, 4, dtype=torch.float64, generator=gen) + 2 * y[:, None].double()
+    res = class_path_density(net, x, y, n_pairs=30, n_steps=16, n_boot=50, device="cpu")
+    fig = layer_density_figure([("m1", res, res), ("m2", res, None)], n_boot=50)
+    axes = fig.get_axes()
+    assert len(axes) == 4
+    assert [t.get_text() for t in axes[0].get_xticklabels()] == ["relu1", "hidden", "all"]
+    assert axes[0].get_title() == "m1" and axes[0].get_yscale() == "log"
+    assert len(fig.legends[0].get_texts()) == 4  # three normalisations + untrained control
+    with pytest.raises(ValueError, match="empty"):
+        layer_density_figure([])

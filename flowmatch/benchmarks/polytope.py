@@ -1,10 +1,16 @@
 """Polytope lens on the zoo: boundary density along paths, and clusters of spline codes.
 
-For every model of every zoo pair, on the held-out inputs:
+For every model of the zoo pairs, on the held-out inputs:
 
-* polytope density (spline-code changes per unit Euclidean distance) on straight paths between
-  two inputs of the same class and of different classes, with bootstrap 95% intervals of the
-  means and of their ratio, plus a length-matched ratio (inter-class paths are longer);
+* polytope density (spline-code changes per unit Euclidean input distance) on straight paths
+  from class-balanced starts to one input of the same class and one of another class, with
+  bootstrap 95% intervals of the means and a paired (over starts) interval of their ratio, plus
+  a length-matched ratio (inter-class paths are longer, and counts need not grow linearly
+  with length);
+* the same per layer (each ReLU layer's own code), normalised by the input distance and by the
+  length of the path's image in that layer's pre-activation space, beside the ratio of the same
+  architecture at its random initialisation (a control: what geometry alone gives) and a
+  resolution check (relative change of the counts when the points per path are doubled);
 * the number of distinct spline codes;
 * label purity of HDBSCAN (Hamming) and k-means clusters of the codes, beside HDBSCAN and
   k-means clusters of the raw activations of the compared layer and the modes of a
@@ -12,8 +18,9 @@ For every model of every zoo pair, on the held-out inputs:
 * the rows of :func:`flowmatch.compare.compare` for the comparison method ``"polytope"``
   (fitted on disjoint, shuffled halves of the training inputs, scored on the test inputs).
 
-Figures (``--out DIR``): density profiles along the paths per pair, and intra/inter means with
-their intervals for all models.
+A model that appears in two pairs is measured once. Figures (``--out DIR``): density profiles
+along the paths per pair, intra/inter means with their intervals for all models, and the
+per-layer densities and ratios (:func:`layer_density_figure`).
 
 Run: ``python -m flowmatch.benchmarks.polytope --out figures/polytope --json polytope.json``.
 
@@ -26,6 +33,8 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,10 +43,12 @@ import torch
 
 from baselines.polytope import (
     ClassPathDensity,
-    bootstrap_ci,
+    LayerRatio,
+    MeanCI,
     class_path_density,
     cluster_codes,
     cluster_purity,
+    path_density,
     spline_codes,
 )
 from flowmatch._validation import resolve_device, seed_everything
@@ -48,15 +59,17 @@ from flowmatch.benchmarks._common import (
     timer,
     write_result,
 )
-from flowmatch.zoo import list_pairs, load_pair
+from flowmatch.zoo import ModelSpec, build_model, list_pairs, load_pair
 
-__all__ = ["add_arguments", "run"]
+__all__ = ["add_arguments", "layer_density_figure", "run"]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Command-line options of the polytope benchmark."""
     parser.add_argument("--pairs", nargs="*", default=None, help="zoo pairs (default: all)")
-    parser.add_argument("--n-pairs", type=int, default=300, help="paths per kind and model")
+    parser.add_argument(
+        "--n-pairs", type=int, default=300, help="starts (= paths of each kind) per model"
+    )
     parser.add_argument("--n-steps", type=int, default=256, help="points per path")
     parser.add_argument("--count", default="hamming", choices=["hamming", "regions"])
     parser.add_argument("--n-boot", type=int, default=2000, help="bootstrap resamples")
@@ -64,6 +77,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--min-cluster-size", type=int, default=15, help="HDBSCAN")
     parser.add_argument("--k", type=int, default=10, help="k-means clusters")
     parser.add_argument("--no-method", action="store_true", help="skip the translation row")
+    parser.add_argument(
+        "--no-control", action="store_true", help="skip the randomly initialised control"
+    )
+    parser.add_argument(
+        "--check-paths",
+        type=int,
+        default=100,
+        help="paths of each kind re-measured at twice --n-steps (resolution check; 0 skips)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--out", default=None, help="directory for PNG figures")
@@ -72,37 +94,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 # ----------------------------------------------------------------------------- pieces
-def _length_matched_ratio(res: ClassPathDensity, n_bins: int = 5, n_boot: int = 500, seed: int = 0):
-    """Inter/intra density ratio within quantile bins of path length, pooled over bins.
-
-    Returns (ratio, low, high, n_bins_used): per bin the ratio of mean densities, averaged with
-    weights min(n_intra, n_inter); bootstrap over paths for the interval.
-    """
-    di, li = res.intra.density.numpy(), res.intra.length.numpy()
-    de, le = res.inter.density.numpy(), res.inter.length.numpy()
-    edges = np.quantile(np.concatenate([li, le]), np.linspace(0, 1, n_bins + 1))
-
-    def stat(di, li, de, le):
-        bi, be = np.digitize(li, edges[1:-1]), np.digitize(le, edges[1:-1])
-        num = den = 0.0
-        used = 0
-        for k in range(n_bins):
-            a, b = di[bi == k], de[be == k]
-            if min(len(a), len(b)) >= 5 and a.mean() > 0:
-                w = min(len(a), len(b))
-                num, den, used = num + w * b.mean() / a.mean(), den + w, used + 1
-        return (num / den if den else float("nan")), used
-
-    ratio, used = stat(di, li, de, le)
-    rng = np.random.default_rng(seed)
-    boots = []
-    for _ in range(n_boot):
-        i, e = rng.integers(len(di), size=len(di)), rng.integers(len(de), size=len(de))
-        boots.append(stat(di[i], li[i], de[e], le[e])[0])
-    lo, hi = np.nanquantile(boots, [0.025, 0.975])
-    return float(ratio), float(lo), float(hi), used
-
-
 def _raw_clusters(acts: np.ndarray, y: np.ndarray, args: argparse.Namespace) -> dict[str, Any]:
     from sklearn.cluster import HDBSCAN, KMeans
 
@@ -174,24 +165,79 @@ def _method_rows(pair: Any, args: argparse.Namespace) -> list[dict[str, Any]]:
     return rows
 
 
-def _per_layer(res: ClassPathDensity, args: argparse.Namespace) -> list[dict[str, Any]]:
-    """Intra/inter density of each layer's part of the code, with the ratio's interval."""
-    out = []
-    for l, layer in enumerate(res.intra.layers):
-        intra = res.intra.layer_changes[:, l].double() / res.intra.length
-        inter = res.inter.layer_changes[:, l].double() / res.inter.length
-        ratio = bootstrap_ci(inter, against=intra, n_boot=args.n_boot, seed=args.seed + l)
-        out.append(
-            {
-                "layer": layer,
-                "intra": float(intra.mean()),
-                "inter": float(inter.mean()),
-                "ratio": ratio.mean,
-                "ratio_low": ratio.low,
-                "ratio_high": ratio.high,
-            }
-        )
-    return out
+def _ci_text(ci: MeanCI) -> str:
+    return f"{ci.mean:.3g} [{ci.low:.3g}, {ci.high:.3g}]"
+
+
+def _untrained(info: dict[str, Any], n_features: int) -> torch.nn.Module:
+    """The model's architecture at its seeded random initialisation (no training)."""
+    spec = dict(info["spec"])
+    spec["hidden"] = tuple(spec["hidden"])
+    return build_model(ModelSpec(**spec), n_features).eval()
+
+
+def _resolution_change(
+    model: Any, x: torch.Tensor, res: ClassPathDensity, args: argparse.Namespace
+) -> np.ndarray:
+    """Relative change of each layer's total flips, then of the whole code's, when the first
+    ``--check-paths`` paths of each kind are re-measured with twice the points
+    # (n_layers + 1,)."""
+    k = min(args.check_paths, len(res.endpoints))
+    e = res.endpoints[:k]
+    before = res.intra.layer_changes[:k].sum(0) + res.inter.layer_changes[:k].sum(0)
+    after = sum(
+        path_density(
+            model, x[e[:, 0]], x[e[:, col]], n_steps=2 * args.n_steps, count=args.count,
+            device=args.device,
+        ).layer_changes.sum(0)
+        for col in (1, 2)
+    )  # fmt: skip
+    before, after = before.double(), after.double()  # type: ignore[union-attr]
+    before, after = torch.cat([before, before.sum()[None]]), torch.cat([after, after.sum()[None]])
+    return ((after - before) / before.clamp(min=1)).numpy()
+
+
+def _layer_rows(
+    res: ClassPathDensity,
+    control: ClassPathDensity | None,
+    resolution: np.ndarray | None,
+    args: argparse.Namespace,
+) -> list[dict[str, Any]]:
+    """One row per layer (and the whole code): densities, ratios and their intervals."""
+    ci = dict(n_boot=args.n_boot, seed=args.seed)
+    by_input = res.layer_ratios("input", **ci)
+    by_preact = res.layer_ratios("preact", whole=False, **ci)
+    by_control = control.layer_ratios("input", **ci) if control is not None else None
+    rows = []
+    for k, r in enumerate(by_input):
+        whole = r.layer == "all"
+        units = sum(res.intra.layer_units) if whole else res.intra.layer_units[k]
+        flips = res.intra.layer_changes.sum(0).double() + res.inter.layer_changes.sum(0)
+        row: dict[str, Any] = {
+            "layer": r.layer,
+            "units": units,
+            "flip share": 1.0 if whole else float(flips[k] / flips.sum()),
+            "intra": _ci_text(r.intra),
+            "inter": _ci_text(r.inter),
+            "ratio": _ci_text(r.ratio),
+            "matched": _ci_text(r.matched),
+            "ratio/preact": "" if whole else _ci_text(by_preact[k].ratio),
+            "untrained": _ci_text(by_control[k].ratio) if by_control else "",
+            "d@2x steps": "" if resolution is None else float(resolution[k]),
+            "_input": _ratio_dict(r),
+            "_preact": None if whole else _ratio_dict(by_preact[k]),
+            "_untrained": _ratio_dict(by_control[k]) if by_control else None,
+        }
+        rows.append(row)
+    return rows
+
+
+def _ratio_dict(r: LayerRatio) -> dict[str, Any]:
+    return {
+        "layer": r.layer,
+        "normalise": r.normalise,
+        **{k: getattr(r, k).as_dict() for k in ("intra", "inter", "ratio", "matched")},
+    }
 
 
 # ----------------------------------------------------------------------------- figures
@@ -269,28 +315,98 @@ def _plot_cis(rows: list[dict[str, Any]], out: Path) -> Path:
     return path
 
 
+def _errbar(ax: Any, pos: np.ndarray, cis: Sequence[MeanCI], **kw: Any) -> None:
+    m = np.array([c.mean for c in cis])
+    err = np.array([[c.mean - c.low for c in cis], [c.high - c.mean for c in cis]])
+    ax.errorbar(pos, m, yerr=np.clip(err, 0, None), fmt="o", ms=4, capsize=3, **kw)
+
+
+def layer_density_figure(
+    models: Sequence[tuple[str, ClassPathDensity, ClassPathDensity | None]],
+    *,
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> Any:
+    """Per-layer polytope density of intra- against inter-class paths, one column per model.
+
+    Top row: mean flips of each layer's code (and of the whole code, "all") per unit input
+    distance on intra- and inter-class paths, log scale, 95% bootstrap intervals. Bottom row:
+    the inter/intra ratio per layer under input-distance normalisation, among length-matched
+    paths, under the layer's own pre-activation path length, and for the same architecture at
+    random initialisation when a control is given; the dashed line marks 1.
+
+    Parameters
+    ----------
+    models : (title, result, control or None) per model; results from
+        :func:`baselines.polytope.class_path_density`, controls likewise on an untrained model.
+    n_boot, seed : bootstrap settings for the intervals.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    from matplotlib.figure import Figure
+
+    if len(models) == 0:
+        raise ValueError("models is empty: give at least one (title, result, control) triple")
+    fig = Figure(figsize=(4.2 * len(models), 6.4), layout="constrained")
+    axes = fig.subplots(2, len(models), squeeze=False)
+    for col, (title, res, control) in enumerate(models):
+        by_input = res.layer_ratios("input", n_boot=n_boot, seed=seed)
+        by_preact = res.layer_ratios("preact", whole=False, n_boot=n_boot, seed=seed)
+        names = [r.layer for r in by_input]
+        pos = np.arange(len(names), dtype=float)
+        top, bottom = axes[0, col], axes[1, col]
+        _errbar(top, pos - 0.1, [r.intra for r in by_input], color="C0", label="intra-class")
+        _errbar(top, pos + 0.1, [r.inter for r in by_input], color="C3", label="inter-class")
+        top.set_yscale("log")
+        top.set_title(title, fontsize=10)
+        top.set_ylabel("flips / unit input distance")
+        series = [
+            ("input distance", [r.ratio for r in by_input], "C2"),
+            ("length-matched", [r.matched for r in by_input], "C4"),
+            ("pre-activation length", [r.ratio for r in by_preact], "C1"),
+        ]
+        if control is not None:
+            ctl = control.layer_ratios("input", n_boot=n_boot, seed=seed)
+            series.append(("untrained, input distance", [r.ratio for r in ctl], "0.5"))
+        for k, (label, cis, colour) in enumerate(series):
+            shift = (k - (len(series) - 1) / 2) * 0.14
+            _errbar(bottom, pos[: len(cis)] + shift, cis, color=colour, label=label)
+        bottom.axhline(1.0, color="k", lw=0.8, ls="--")
+        bottom.set_ylabel("inter / intra density")
+        for ax in (top, bottom):
+            ax.set_xticks(pos, names, fontsize=8)
+        bottom.set_xlabel("layer (ReLU input signs); 'all' = whole code")
+    axes[0, 0].legend(fontsize=8)
+    handles, labels = axes[1, 0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncols=len(labels), fontsize=8)
+    return fig
+
+
 # ----------------------------------------------------------------------------- run
 def _analyse_model(
-    model: Any, layer: str, x: torch.Tensor, y: torch.Tensor, args: argparse.Namespace, tag: dict
-):
-    """Density and cluster figures of one model; returns (row, cluster rows, path result)."""
+    model: Any,
+    info: dict[str, Any],
+    layer: str,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    args: argparse.Namespace,
+) -> dict[str, Any]:
+    """Density, per-layer and cluster figures of one model."""
     from flowmatch.activations import collect
 
-    res = class_path_density(
-        model,
-        x,
-        y,
-        n_pairs=args.n_pairs,
-        n_steps=args.n_steps,
-        count=args.count,
-        n_boot=args.n_boot,
-        seed=args.seed,
-        device=args.device,
-        progress=not args.no_progress,
-    )
-    lm = _length_matched_ratio(res, seed=args.seed)
+    kw = dict(
+        n_pairs=args.n_pairs, n_steps=args.n_steps, count=args.count, n_boot=args.n_boot,
+        seed=args.seed, device=args.device, progress=not args.no_progress,
+    )  # fmt: skip
+    res = class_path_density(model, x, y, **kw)  # type: ignore[arg-type]
+    control = None
+    if not args.no_control:
+        control = class_path_density(_untrained(info, x.shape[1]), x, y, **kw)  # type: ignore[arg-type]
+    resolution = _resolution_change(model, x, res, args) if args.check_paths > 0 else None
+    layer_rows = _layer_rows(res, control, resolution, args)
     codes = spline_codes(model, x, device=args.device)
-    n_distinct = len(torch.unique(codes, dim=0))
     rng = np.random.default_rng(args.seed)
     sub = np.sort(rng.choice(len(x), min(args.n_cluster, len(x)), replace=False))
     ys = y.numpy()[sub]
@@ -306,39 +422,32 @@ def _analyse_model(
         )
         for sel in ("eom", "leaf")
     }
-    clusters |= {
-        "code_kmeans": cluster_purity(
-            cluster_codes(codes[sub], "kmeans", seed=args.seed, n_clusters=args.k), ys
-        ),
-    }
+    clusters["code_kmeans"] = cluster_purity(
+        cluster_codes(codes[sub], "kmeans", seed=args.seed, n_clusters=args.k), ys
+    )
     acts = collect(model, x[sub], layer, device=args.device).x.double().numpy()
     clusters.update(_raw_clusters(acts, ys, args))
     tree, tree_note = _density_tree_modes(acts, ys, args.seed)
     if tree is not None:
         clusters["density_tree"] = tree
+    matched = layer_rows[-1]["_input"]["matched"]
     row = {
-        **tag,
-        "intra_mean": res.intra_ci.mean,
-        "intra_low": res.intra_ci.low,
-        "intra_high": res.intra_ci.high,
-        "inter_mean": res.inter_ci.mean,
-        "inter_low": res.inter_ci.low,
-        "inter_high": res.inter_ci.high,
+        **{f"{k}_{s}": getattr(getattr(res, f"{k}_ci"), s) for k in ("intra", "inter")
+           for s in ("mean", "low", "high")},
         "ratio": res.ratio_ci.mean,
         "ratio_low": res.ratio_ci.low,
         "ratio_high": res.ratio_ci.high,
-        "matched": lm[0],
-        "matched_low": lm[1],
-        "matched_high": lm[2],
+        "matched": matched["mean"],
+        "matched_low": matched["low"],
+        "matched_high": matched["high"],
         "len_intra": float(res.intra.length.mean()),
         "len_inter": float(res.inter.length.mean()),
         "n_units": int(codes.shape[1]),
-        "distinct_codes": n_distinct,
+        "distinct_codes": len(torch.unique(codes, dim=0)),
         "n_inputs": len(x),
-        "per_layer": _per_layer(res, args),
-    }
-    crow = [{**tag, "clustering": k, **v.as_dict()} for k, v in clusters.items()]
-    return row, crow, res, tree_note
+        "per_layer": layer_rows,
+    }  # fmt: skip
+    return {"row": row, "clusters": clusters, "res": res, "control": control, "note": tree_note}
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -350,31 +459,46 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     out = Path(args.out) if args.out else None
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
-    rows, cluster_rows, method_rows, figures = [], [], [], []
+    rows: list[dict[str, Any]] = []
+    cluster_rows: list[dict[str, Any]] = []
+    method_rows: list[dict[str, Any]] = []
+    figures: list[str] = []
     notes: list[str] = []
     have_method = all(
         importlib.util.find_spec(m) is not None
         for m in ("baselines.cluster_pairs", "flowmatch.compare")
     )
+    done: dict[str, dict[str, Any]] = {}  # one measurement per distinct model
+    panels: list[tuple[str, ClassPathDensity, ClassPathDensity | None]] = []
     with timer() as total:
         for name in args.pairs or list_pairs():
             pair = load_pair(name)
             x, y = pair.data.x_test, pair.data.y_test
             per_model = {}
-            for side, model, layer in (
-                ("a", pair.model_a, pair.layer_a),
-                ("b", pair.model_b, pair.layer_b),
+            for side, model, layer, info in (
+                ("a", pair.model_a, pair.layer_a, pair.info_a),
+                ("b", pair.model_b, pair.layer_b, pair.info_b),
             ):
-                arch = pair.info_a["spec"]["arch"] if side == "a" else pair.info_b["spec"]["arch"]
-                tag = {"pair": name, "model": f"{side} ({arch})"}
+                key = json.dumps([info["spec"], layer], sort_keys=True)
+                tag = {"pair": name, "model": f"{side} ({info['spec']['arch']})"}
+                if key in done:
+                    first = done[key]
+                    rows.append({**first["row"], **tag, "same as": first["tag"], "seconds": 0.0})
+                    per_model[side] = first["res"]
+                    continue
                 with timer() as t:
-                    row, crow, res, tree_note = _analyse_model(model, layer, x, y, args, tag)
-                row["seconds"] = t["seconds"]
-                rows.append(row)
-                cluster_rows.extend(crow)
-                per_model[side] = res
-                if tree_note not in notes:
-                    notes.append(tree_note)
+                    out_m = _analyse_model(model, info, layer, x, y, args)
+                out_m["tag"] = f"{tag['pair']} {tag['model']}"
+                out_m["row"] = {**tag, **out_m["row"], "same as": "", "seconds": t["seconds"]}
+                done[key] = out_m
+                rows.append(out_m["row"])
+                cluster_rows.extend(
+                    {**tag, "clustering": k, **v.as_dict()} for k, v in out_m["clusters"].items()
+                )
+                per_model[side] = out_m["res"]
+                panels.append((out_m["tag"], out_m["res"], out_m["control"]))
+                if out_m["note"] not in notes:
+                    notes.append(out_m["note"])
             if out is not None:
                 figures.append(str(_plot_profiles(name, per_model, out)))
             if args.no_method:
@@ -385,23 +509,38 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 notes.append("flowmatch.compare or baselines.cluster_pairs missing: no table row")
         if out is not None and rows:
             figures.append(str(_plot_cis(rows, out)))
+            fig = layer_density_figure(panels, n_boot=args.n_boot, seed=args.seed)
+            figures.append(str(out / "polytope_layer_density.png"))
+            fig.savefig(figures[-1], dpi=120)
     cols = (
         ["pair", "model"]
         + [f"{k}{s}" for k in ("intra", "inter") for s in ("_mean", "_low", "_high")]
         + [f"{k}{s}" for k in ("ratio", "matched") for s in ("", "_low", "_high")]
     )
     title = (
-        f"polytope density ({args.count} changes / unit distance, test inputs, "
-        f"{args.n_pairs} paths per kind, {args.n_steps} steps, 95% bootstrap CI)"
+        f"whole-code polytope density ({args.count} changes / unit input distance, test inputs, "
+        f"{args.n_pairs} class-balanced starts, one intra and one inter path each, "
+        f"{args.n_steps} points per path, 95% bootstrap CI, paired over starts for the ratio)"
     )
     print_table(title, rows, cols)
     code_cols = ["len_intra", "len_inter", "n_units", "distinct_codes", "n_inputs", "seconds"]
-    print_table("paths and codes", rows, ["pair", "model", *code_cols])
+    print_table("paths and codes", rows, ["pair", "model", *code_cols, "same as"])
+    layer_cols = [
+        "pair", "model", "layer", "units", "flip share", "intra", "inter", "ratio", "matched",
+        "ratio/preact", "untrained", "d@2x steps",
+    ]  # fmt: skip
     layer_rows = [
         {"pair": r["pair"], "model": r["model"], **lr} for r in rows for lr in r["per_layer"]
     ]
     print_table(
-        "per-layer polytope density (changes / unit distance, 95% bootstrap CI)", layer_rows
+        "per-layer polytope density: each ReLU layer's own code, then the whole code ('all'); "
+        "intra/inter = mean flips per unit input distance; ratio = inter/intra; matched = ratio "
+        "among paths of similar length; ratio/preact = ratio with each path's length measured "
+        "in that layer's pre-activation space; untrained = ratio of the same architecture at "
+        "random initialisation; d@2x steps = relative change of the flip count at twice the "
+        "points per path; all with 95% bootstrap CIs",
+        layer_rows,
+        layer_cols,
     )
     print_table(
         "clusters and label purity (test subsample; HDBSCAN with eom / leaf cluster selection; "
