@@ -133,3 +133,90 @@ def test_bad_arguments() -> None:
         DivergenceFreeCNF(4, method="nope")
     with pytest.raises(ValueError, match="dim >= 2"):
         AdditiveCouplingFlow(1)
+
+
+def _moved_field(dim: int, seed: int = 0) -> SeparableField:
+    field = SeparableField(dim, hidden=16, generator=torch.Generator().manual_seed(seed)).double()
+    with torch.no_grad():
+        field.w_out.normal_(std=0.5, generator=torch.Generator().manual_seed(seed + 1))
+        field.b_out.normal_(std=0.1, generator=torch.Generator().manual_seed(seed + 2))
+    return field
+
+
+@pytest.mark.parametrize("dim", [6, 7])
+@pytest.mark.parametrize(
+    "times, options",
+    [
+        ([0.0, 0.25, 0.5, 1.0], {}),  # one step per output interval
+        ([1.0, 0.6, 0.0], {}),  # reversed time
+        ([0.0, 0.3, 1.0], {"step_size": 0.125}),  # grid finer than t: linear interpolation
+        ([1.0, 0.0], {"step_size": 0.25}),
+    ],
+)
+def test_leapfrog_half_field_path_equals_full_field_path(dim, times, options) -> None:
+    """Evaluating only the needed half gives the same solution and gradients as full calls."""
+    field = _moved_field(dim)
+    y0 = torch.randn(5, dim, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    t = torch.tensor(times, dtype=torch.float64)
+    opts = {"n_q": field.n_q, **options}
+    out_half = odeint(field, y0, t, method="leapfrog", options=opts)
+    out_full = odeint(lambda s, y: field(s, y), y0, t, method="leapfrog", options=opts)
+    assert (out_half[-1] - y0).abs().max() > 0.1
+    assert_close(out_half, out_full, rtol=0, atol=1e-12)
+    g_half = torch.autograd.grad(out_half.square().sum(), list(field.parameters()))
+    g_full = torch.autograd.grad(out_full.square().sum(), list(field.parameters()))
+    for a, b in zip(g_half, g_full):
+        assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_leapfrog_evaluates_one_half_per_kick_and_drift(monkeypatch) -> None:  # noqa: ANN001
+    """A leapfrog solve of n steps costs n + 1 kicks and n drifts, never a full-field call."""
+    flow = _perturbed("cnf", 8, n_steps=5)
+    counts = {"drift": 0, "kick": 0}
+    halves = flow.field.halves
+
+    def counting_halves():  # noqa: ANN202
+        drift, kick = halves()
+
+        def d(t, p):  # noqa: ANN001, ANN202
+            counts["drift"] += 1
+            return drift(t, p)
+
+        def k(t, q):  # noqa: ANN001, ANN202
+            counts["kick"] += 1
+            return kick(t, q)
+
+        return d, k
+
+    def no_full_call(t, y):  # noqa: ANN001, ANN202
+        raise AssertionError("the full field was evaluated")
+
+    monkeypatch.setattr(flow.field, "halves", counting_halves)
+    monkeypatch.setattr(flow.field, "forward", no_full_call)
+    x = torch.randn(4, 8, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    z, _ = flow(x)
+    assert counts == {"drift": 5, "kick": 6}
+    flow.inverse(z)
+    assert counts == {"drift": 10, "kick": 12}
+    flow.method = "rk4"  # any other method evaluates the full field
+    with pytest.raises(AssertionError, match="full field"):
+        flow(x)
+
+
+@pytest.mark.parametrize("name, method", [("cnf", "rk4"), ("cnf", "leapfrog"), ("ffjord", "rk4")])
+def test_end_point_solve_equals_solve_on_the_full_grid(name: str, method: str) -> None:
+    """Asking the solver for the end point only does not change the map."""
+    flow = _perturbed(name, 6, scale=0.3, method=method, n_steps=4).eval()
+    x = torch.randn(5, 6, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    grid = torch.linspace(0.0, 1.0, 5, dtype=torch.float64)
+    field = flow.field if name == "cnf" else flow.dynamics.field
+    opts = {"n_q": flow.field.n_q} if method == "leapfrog" else None
+    ref = odeint(field, x, grid, method=method, options=opts)[-1]
+    with torch.no_grad():
+        assert_close(flow(x)[0], ref, rtol=0, atol=1e-12)
+        assert_close(
+            flow.inverse(ref),
+            odeint(field, ref, grid.flip(0), method=method, options=opts)[-1],
+            rtol=0,
+            atol=1e-12,
+        )

@@ -11,10 +11,35 @@ in one run and with the same latent size k, number of mixture components and wid
                 in training, exact trace for the held-out likelihood)
 
 and prints held-out NLL (nats per modelled coordinate), reconstruction R² of
-``decode(encode(x))`` at the same k, training samples/s and fit time side by side. A second
-table times one training step of each CNF alone on random data at ``d_flow`` = 64.
+``decode(encode(x))`` at the same k, training samples/s and fit time side by side, every flow
+with the same optimiser-step budget (``--max-steps``) and minibatch (``--batch-size``).
 
-Run ``python -m flowmatch.benchmarks.flow --pair digits-mlp`` (``--quick`` for a smoke run).
+CNF against FFJORD, in the same run:
+
+- *equal wall-clock*: the CNF autoencoder is trained again with ``max_time`` set to the time
+  the FFJORD autoencoder spent in its optimiser steps (its held-out evaluations excluded; the
+  CNF's own validation passes count against its budget), other settings unchanged. Both use
+  their whole budget (no early stopping for the CNF; FFJORD's ``--max-steps`` run) and
+  restore the epoch with the best validation NLL. Held-out NLL of both is printed with the
+  rule.
+- *step throughput at the trained weights*: one autoencoder training step (NLL +
+  reconstruction, Adam) on training minibatches of the same size, timed with the trained
+  weights of each model, for the CNF (leapfrog), the FFJORD reference as trained (``rk4``,
+  ``--ffjord-steps`` steps) and FFJORD with the solver of Grathwohl et al. (2019)
+  (``dopri5``, rtol = atol = 1e-5, the defaults of their tabular experiments), with the
+  number of field evaluations per forward solve. An adaptive solver's cost grows as the field
+  is trained, so it is timed on trained weights rather than at the identity initialisation.
+- *flow alone*: one training step of each CNF on random data at ``d_flow`` = 64.
+- *solver error of the FFJORD likelihood*: the integrated trace against the log-determinant
+  of the Jacobian of the map that the solver actually computes, on a few held-out rows.
+
+Run ``python -m flowmatch.benchmarks.flow --pair digits-mlp --threads 1`` (``--quick`` for a
+smoke run).
+
+References
+----------
+Grathwohl, Chen, Bettencourt, Sutskever, Duvenaud (2019). FFJORD: Free-form continuous
+dynamics for scalable reversible generative models. ICLR.
 """
 
 from __future__ import annotations
@@ -51,6 +76,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--n-components", type=int, default=12)
     parser.add_argument("--hidden", type=int, default=128, help="width of every flow")
     parser.add_argument("--max-steps", type=int, default=1200, help="optimiser steps per flow")
+    parser.add_argument("--batch-size", type=int, default=128, help="minibatch of every flow")
+    parser.add_argument(
+        "--ffjord-method", default="rk4", help="torchdiffeq method of the FFJORD reference"
+    )
+    parser.add_argument(
+        "--ffjord-steps", type=int, default=8, help="fixed-grid steps of the FFJORD reference"
+    )
+    parser.add_argument(
+        "--no-equal-time", action="store_true", help="skip the equal wall-clock CNF run"
+    )
     parser.add_argument(
         "--methods",
         nargs="+",
@@ -102,43 +137,160 @@ def _pca_gmm(
     }
 
 
-def _flow_ae(flow: str, x_tr: Any, x_te: Any, args: argparse.Namespace) -> dict[str, Any]:
+def _solver_of(flow: str, args: argparse.Namespace) -> dict[str, Any]:
+    """Flow options (solver) of each flow in this benchmark."""
+    if flow == "ffjord":
+        return {"method": args.ffjord_method, "n_steps": args.ffjord_steps}
+    return {}
+
+
+def _describe_solver(flow: Any) -> str:  # noqa: ANN401
+    method = getattr(flow, "method", None)
+    if method is None:
+        return "-"
+    if method == "dopri5" or method not in ("leapfrog", "rk4", "euler", "midpoint"):
+        return f"{method} rtol={flow.rtol:g} atol={flow.atol:g}"
+    return f"{method} x{flow.n_steps}"
+
+
+def _flow_ae(
+    flow: str, x_tr: Any, x_te: Any, args: argparse.Namespace, **overrides: Any
+) -> tuple[dict[str, Any], Any]:
     from flowmatch.autoencoder import FlowAutoencoder
     from flowmatch.metrics import r2_score
 
-    ae = FlowAutoencoder(
+    params = dict(
         latent_dim=args.latent_dim,
         flow=flow,
         n_components=args.n_components,
         hidden=args.hidden,
+        batch_size=args.batch_size,
         max_steps=args.max_steps,
+        flow_options=_solver_of(flow, args) or None,
         progress=False,
         device=args.device,
         seed=args.seed,
     )
+    params.update(overrides)
+    ae = FlowAutoencoder(**params)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         with timer() as t:
             ae.fit(x_tr)
-    return {
+    n_tr = len(x_tr) - int(round(ae.validation_fraction * len(x_tr)))
+    steps = ae.n_epochs_ * math.ceil(n_tr / ae.batch_size)
+    res = {
         "nll": -ae.score(x_te),
         "r2": r2_score(ae.decode(ae.encode(x_te)), x_te),
         "samples_per_s": ae.train_samples_per_second_,
+        "train_s": ae.n_epochs_ * n_tr / ae.train_samples_per_second_,
         "fit_s": t["seconds"],
+        "steps": steps,
         "epochs": f"{ae.best_epoch_}/{ae.n_epochs_}",
+        "solver": _describe_solver(ae.model_.flow),
+    }
+    return res, ae
+
+
+def _trained_step_throughput(
+    ae: Any, x_tr: torch.Tensor, repeats: int, **solver: Any
+) -> dict[str, Any]:  # noqa: ANN401
+    """Samples/s of one autoencoder training step at the trained weights of ``ae``.
+
+    The step is what ``FlowAutoencoder.fit`` does per minibatch (NLL + reconstruction term,
+    backward, Adam) on training rows, on a copy of the model; ``solver`` overrides the flow's
+    ``method``/``rtol``/``atol``/``n_steps``. Also counts field evaluations of one forward
+    solve (FFJORD's augmented dynamics; the CNF's leapfrog evaluates one half per kick/drift).
+    """
+    import copy
+
+    model = copy.deepcopy(ae.model_).train()
+    for key, value in solver.items():
+        setattr(model.flow, key, value)
+    gen = torch.Generator().manual_seed(1)
+    y_all = ae._to_pca(x_tr.to(ae._device, next(model.parameters()).dtype))
+    batches = [
+        y_all[torch.randperm(len(y_all), generator=gen)[: ae.batch_size].to(ae._device)]
+        for _ in range(repeats + 1)
+    ]
+    opt = torch.optim.Adam(model.parameters(), lr=ae.lr)
+    nfe = [0]
+    counted = getattr(model.flow, "dynamics", None)
+    hook = (
+        counted.register_forward_pre_hook(lambda *_: nfe.__setitem__(0, nfe[0] + 1))
+        if counted is not None
+        else None
+    )
+
+    def step(y: torch.Tensor) -> None:
+        loss, _ = ae._loss(model, y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    step(batches[0])
+    times = []
+    for y in batches[1:]:
+        nfe[0] = 0
+        with torch.no_grad():
+            model.flow(y)
+        n_eval = nfe[0]
+        with timer() as t:
+            step(y)
+        times.append(t["seconds"])
+    if hook is not None:
+        hook.remove()
+        nfe_text = f"{n_eval}"
+    else:
+        n_steps = int(getattr(model.flow, "n_steps", 0))
+        nfe_text = f"{2 * n_steps + 1} half-field" if n_steps else "-"
+    return {
+        "samples_per_s": ae.batch_size / float(np.median(times)),
+        "solver": _describe_solver(model.flow),
+        "nfe_forward": nfe_text,
     }
 
 
+def _ffjord_solver_error(ae: Any, x_te: torch.Tensor, n_rows: int = 16) -> float:  # noqa: ANN401
+    """Mean |integrated trace − log|det J|| (nats/dim) of FFJORD's solver map on test rows.
+
+    The held-out likelihood of FFJORD integrates the exact trace along the solver's path; the
+    density of the map the solver computes has the log-determinant of that map's Jacobian.
+    """
+    from flowmatch.flows import log_det_jacobian
+
+    flow = ae.model_.flow.eval()
+    y = ae._to_pca(x_te[:n_rows].to(ae._device, next(flow.parameters()).dtype))[:, : ae.d_flow_]
+    with torch.enable_grad():
+        _, integrated = flow(y)
+    exact = log_det_jacobian(_ZMap(flow), y)
+    return float((integrated.detach() - exact).abs().mean()) / ae.n_features_modelled_
+
+
+class _ZMap(torch.nn.Module):
+    """The z-part of FFJORD's solver map, ``forward(x) -> (z, 0)`` (for Jacobians)."""
+
+    def __init__(self, flow: torch.nn.Module) -> None:
+        super().__init__()
+        self.flow = flow
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        flow: Any = self.flow
+        z = flow._solve(flow.dynamics.field, x, reverse=False)
+        return z, x.new_zeros(x.shape[0])
+
+
 def _step_throughput(
-    name: str, dim: int, hidden: int, batch: int, device: str, repeats: int
-) -> float:
-    """Training samples/s of one flow alone: NLL under N(0, I), Adam step, random data."""
+    name: str, dim: int, hidden: int, batch: int, device: str, repeats: int, **options: Any
+) -> tuple[float, str]:
+    """Training samples/s of one flow alone (NLL under N(0, I), Adam step, random data) and
+    its solver."""
     from flowmatch._validation import resolve_device
     from flowmatch.flows import get_flow
 
     dev = resolve_device(device)
     gen = torch.Generator().manual_seed(0)
-    flow = get_flow(name)(dim, hidden=hidden, generator=gen).to(dev)
+    flow = get_flow(name)(dim, hidden=hidden, generator=gen, **options).to(dev)
     with torch.no_grad():
         for p in flow.parameters():
             p.add_(0.05 * torch.randn(p.shape, generator=gen).to(dev))
@@ -158,7 +310,7 @@ def _step_throughput(
         with timer() as t:
             step()
         times.append(t["seconds"])
-    return batch / float(np.median(times))
+    return batch / float(np.median(times)), _describe_solver(flow)
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -180,50 +332,116 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     print(
         f"pair={args.pair} side={args.side} layer=hidden train={tuple(x_tr.shape)} "
         f"test={tuple(x_te.shape)} k={args.latent_dim} K={args.n_components} "
-        f"hidden={args.hidden} max_steps={args.max_steps}"
+        f"hidden={args.hidden} batch={args.batch_size} max_steps={args.max_steps}"
     )
-    rows = []
+    rows, models = [], {}
     for method in args.methods:
         if method == "pca+gmm":
             res = _pca_gmm(x_tr, x_te, args.latent_dim, args.n_components, args.seed)
         else:
-            res = _flow_ae(method, x_tr, x_te, args)
+            res, models[method] = _flow_ae(method, x_tr, x_te, args)
         rows.append({"method": method, **res})
         print(f"  {method}: done in {res['fit_s']:.1f}s", flush=True)
-    cols = ["method", "nll", "r2", "samples_per_s", "fit_s", "epochs"]
+    cols = ["method", "nll", "r2", "samples_per_s", "steps", "train_s", "epochs", "solver"]
     print_table(
-        f"{args.pair}/{args.side}: held-out NLL (nats/dim), R² at k={args.latent_dim}", rows, cols
+        f"{args.pair}/{args.side}: held-out NLL (nats/dim), R² at k={args.latent_dim}; "
+        f"rule: same optimiser-step budget ({args.max_steps} steps, batch {args.batch_size})",
+        rows,
+        cols,
     )
+    by = {r["method"]: r for r in rows}
+    cnf_vs_ffjord = "cnf" in models and "ffjord" in models
+
+    equal_time: list[dict[str, Any]] = []
+    if cnf_vs_ffjord and not args.no_equal_time:
+        budget = by["ffjord"]["train_s"]
+        res, _ = _flow_ae(
+            "cnf",
+            x_tr,
+            x_te,
+            args,
+            max_steps=None,
+            max_time=budget,
+            max_epochs=10**6,
+            patience=10**6,
+        )
+        equal_time = [
+            {"method": "ffjord", **{k: by["ffjord"][k] for k in cols[1:]}},
+            {"method": "cnf", **{k: res[k] for k in cols[1:]}},
+        ]
+        print_table(
+            f"equal wall-clock: cnf trained for the {budget:.1f}s that ffjord spent in its "
+            "optimiser steps (cnf's validation passes count against its budget); both use "
+            "their whole budget and restore their best validation epoch",
+            equal_time,
+            cols,
+        )
+
+    trained: list[dict[str, Any]] = []
+    if cnf_vs_ffjord:
+        reps = 3 if args.quick else 9
+        cnf_row = _trained_step_throughput(models["cnf"], x_tr, reps)
+        trained.append({"flow": "cnf", **cnf_row})
+        trained.append({"flow": "ffjord", **_trained_step_throughput(models["ffjord"], x_tr, reps)})
+        if args.ffjord_method != "dopri5":
+            faithful = _trained_step_throughput(
+                models["ffjord"],
+                x_tr,
+                2 if args.quick else 5,
+                method="dopri5",
+                rtol=1e-5,
+                atol=1e-5,
+            )
+            trained.append({"flow": "ffjord", **faithful})
+        for row in trained:
+            row["cnf_speedup"] = cnf_row["samples_per_s"] / row["samples_per_s"]
+        print_table(
+            f"one autoencoder training step at the trained weights (batch {args.batch_size}, "
+            "median; nfe_forward = field evaluations of one forward solve)",
+            trained,
+        )
 
     speed = []
-    if {"cnf", "ffjord"} <= set(args.methods):
-        reps = 3 if args.quick else 7
+    if cnf_vs_ffjord:
+        reps = 3 if args.quick else 9
         for name in ("cnf", "ffjord"):
-            sps = _step_throughput(name, 64, args.hidden, 256, args.device, reps)
+            opts = _solver_of(name, args)
+            sps, flow_solver = _step_throughput(
+                name, 64, args.hidden, 256, args.device, reps, **opts
+            )
             speed.append(
                 {
                     "flow": name,
                     "d_flow": 64,
                     "hidden": args.hidden,
                     "batch": 256,
+                    "solver": flow_solver,
                     "samples_per_s": sps,
                 }
             )
         speed[0]["speedup_vs_ffjord"] = speed[0]["samples_per_s"] / speed[1]["samples_per_s"]
-        print_table("flow alone, one training step (median)", speed)
+        print_table("flow alone, one training step on random data (median)", speed)
 
-    by = {r["method"]: r for r in rows}
     checks: dict[str, Any] = {}
+    if cnf_vs_ffjord:
+        checks["ffjord_logdet_solver_error_nats_per_dim"] = _ffjord_solver_error(
+            models["ffjord"], x_te
+        )
     if "pca+gmm" in by:
         for m in ("cnf", "coupling"):
             if m in by:
                 checks[f"{m}_nll_better_than_pca_gmm"] = by[m]["nll"] < by["pca+gmm"]["nll"]
                 checks[f"{m}_r2_at_least_pca"] = by[m]["r2"] >= by["pca+gmm"]["r2"]
-    if "cnf" in by and "ffjord" in by:
+    if cnf_vs_ffjord:
         checks["cnf_speedup_in_autoencoder"] = (
             by["cnf"]["samples_per_s"] / by["ffjord"]["samples_per_s"]
         )
-        checks["cnf_nll_le_ffjord"] = by["cnf"]["nll"] <= by["ffjord"]["nll"]
+        checks["cnf_nll_le_ffjord_same_steps"] = by["cnf"]["nll"] <= by["ffjord"]["nll"]
+        if equal_time:
+            checks["cnf_nll_le_ffjord_equal_time"] = equal_time[1]["nll"] <= equal_time[0]["nll"]
+        checks["cnf_speedup_trained_step_vs_ffjord"] = trained[1]["cnf_speedup"]
+        if len(trained) > 2:
+            checks["cnf_speedup_trained_step_vs_ffjord_dopri5"] = trained[2]["cnf_speedup"]
     if speed:
         checks["cnf_speedup_flow_alone"] = speed[0]["speedup_vs_ffjord"]
     wall = time.perf_counter() - t_start
@@ -239,6 +457,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "environment": env,
         "args": vars(args),
         "rows": rows,
+        "equal_wall_clock": equal_time,
+        "trained_step": trained,
         "flow_alone": speed,
         "checks": checks,
         "wall_s": wall,

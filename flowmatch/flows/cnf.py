@@ -14,9 +14,12 @@ The default solver is the Störmer–Verlet ("leapfrog") scheme, registered with
 ``method="leapfrog"``. A leapfrog step is a composition of three shears (half kick of ``p``,
 drift of ``q``, half kick of ``p``), so the *discrete* map is exactly volume-preserving
 (log|det J| = 0 up to rounding) and is inverted exactly by integrating the same time grid
-backwards. Any other torchdiffeq method (``"rk4"``, ``"dopri5"`` with ``rtol``/``atol`` ...)
-may be chosen; those integrate the same divergence-free field but their discrete maps preserve
-volume only up to the solver error (measure it with :func:`log_det_jacobian`).
+backwards. Each shear evaluates only the half of the field it needs (``g(q)`` for a kick,
+``f(p)`` for a drift), and the closing kick of a step opens the next, so a step costs one
+evaluation of each half. Any other torchdiffeq method (``"rk4"``, ``"dopri5"`` with
+``rtol``/``atol`` ...) may be chosen; those evaluate the full field, integrate the same
+divergence-free ODE, and preserve volume only up to the solver error (measure it with
+:func:`log_det_jacobian`).
 
 References
 ----------
@@ -29,15 +32,39 @@ from __future__ import annotations
 
 import importlib
 import math
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torchdiffeq import odeint
+from torchdiffeq._impl.misc import _null_callback, _PerturbFunc, _ReverseFunc
 from torchdiffeq._impl.solvers import FixedGridODESolver
 
-__all__ = ["DivergenceFreeCNF", "SeparableField", "Leapfrog", "log_det_jacobian"]
+__all__ = ["DivergenceFreeCNF", "SeparableField", "Leapfrog", "log_det_jacobian", "uniform_grid"]
 
 _FIXED_GRID = {"leapfrog", "euler", "midpoint", "heun2", "heun3", "rk4", "explicit_adams"}
+
+
+def _separable_parts(func) -> tuple[Any, float, float] | None:  # noqa: ANN001
+    """Unwrap torchdiffeq's time-reversal and dtype wrappers around a separable field.
+
+    Returns ``(field, sign, time_sign)`` such that ``func(t, y) == sign * field(time_sign * t,
+    y)``, when the innermost callable exposes its halves (``field.halves() -> (drift, kick)``,
+    see :meth:`SeparableField.halves`); else ``None``.
+    """
+    sign = time_sign = 1.0
+    while True:
+        if isinstance(func, _PerturbFunc):
+            func = func.base_func
+        elif isinstance(func, _ReverseFunc):
+            sign, time_sign = sign * float(func.mul), -time_sign
+            func = func.base_func
+        else:
+            break
+    if callable(getattr(func, "halves", None)):
+        return func, sign, time_sign
+    return None
 
 
 class Leapfrog(FixedGridODESolver):
@@ -46,7 +73,13 @@ class Leapfrog(FixedGridODESolver):
     The state's last dimension is split at ``options["n_q"]`` into ``(q, p)``; the field's
     ``q`` part must depend only on ``p`` (and ``t``) and its ``p`` part only on ``q``. Each
     step is then exactly volume-preserving and time-reversible. The kick that ends a step is
-    reused to start the next one (first-same-as-last), so a step costs two field calls.
+    reused to start the next one (first-same-as-last).
+
+    When the field exposes its two halves ``halves() -> (drift, kick)`` with ``drift(t, p) =
+    dq/dt`` and ``kick(t, q) = dp/dt`` (as :class:`SeparableField` does), a kick evaluates
+    only ``kick`` and a drift only ``drift``, so a step costs one evaluation of each half (one
+    full-field evaluation in all) and ``q``, ``p`` are carried separately between steps. Any
+    other callable ``f(t, y)`` is evaluated in full (two calls per step).
     """
 
     order = 2
@@ -59,6 +92,7 @@ class Leapfrog(FixedGridODESolver):
         self._kick: tuple[Tensor, Tensor] | None = None
 
     def _step_func(self, func, t0: Tensor, dt: Tensor, t1: Tensor, y0: Tensor):  # noqa: ANN001
+        """One step with full-field calls (generic path; also used for event handling)."""
         m = self.n_q
         q0, p0 = y0[..., :m], y0[..., m:]
         if self._kick is not None and torch.equal(self._kick[0], t0):
@@ -72,6 +106,62 @@ class Leapfrog(FixedGridODESolver):
         p1 = p_half + 0.5 * dt * f1[..., m:]
         self._kick = (t1, f1)
         return torch.cat([q1 - q0, p1 - p0], dim=-1), f0
+
+    def integrate(self, t: Tensor) -> Tensor:
+        """Solution at the times ``t``  # (len(t), *y0.shape)"""
+        parts = _separable_parts(self.func)
+        m = self.n_q
+        if parts is None or self.interp != "linear" or self.perturb:
+            return super().integrate(t)
+        field, sign, time_sign = parts
+        if getattr(field, "n_q", m) != m:
+            return super().integrate(t)
+        drift, kick = field.halves()
+        grid = self.grid_constructor(self.func, self.y0, t)
+        gl, tl = grid.tolist(), t.tolist()  # solver times as Python floats
+        if not (gl[0] == tl[0] and gl[-1] == tl[-1]):
+            raise ValueError("the time grid must start and end at t[0] and t[-1]")
+        callback = getattr(self.func, "callback_step", _null_callback)
+        times = [time_sign * s for s in gl]  # the field's own times
+        steps = [sign * (b - a) for a, b in zip(gl[:-1], gl[1:])]
+        out = [self.y0]
+        q, p = self.y0[..., :m], self.y0[..., m:]
+        g = None
+        j = 1
+        for i, h in enumerate(steps):
+            if callback is not _null_callback:
+                callback(grid[i], torch.cat([q, p], dim=-1), grid[i + 1] - grid[i])
+            q_prev, p_prev = q, p
+            if g is None:
+                g = kick(times[i], q)
+            p = torch.add(p, g, alpha=0.5 * h)
+            q = torch.add(q, drift(0.5 * (times[i] + times[i + 1]), p), alpha=h)
+            g = kick(times[i + 1], q)
+            p = torch.add(p, g, alpha=0.5 * h)
+            while j < len(tl) and gl[i + 1] >= tl[j]:
+                y1 = torch.cat([q, p], dim=-1)
+                if gl[i + 1] == tl[j]:
+                    out.append(y1)
+                else:
+                    y0 = torch.cat([q_prev, p_prev], dim=-1)
+                    out.append(self._linear_interp(grid[i], grid[i + 1], y0, y1, t[j]))
+                j += 1
+        return torch.stack(out)
+
+
+def uniform_grid(n_steps: int) -> dict[str, Any]:
+    """torchdiffeq options for ``n_steps`` equal steps between the two output times.
+
+    Asking for the end point only (``t = [t0, t1]``) rather than every grid point spares the
+    solver from stacking, and the backward pass from differentiating, the intermediate states.
+    """
+
+    def grid(func, y0: Tensor, t: Tensor) -> Tensor:  # noqa: ANN001, ARG001
+        return torch.linspace(
+            float(t[0]), float(t[-1]), n_steps + 1, dtype=t.dtype, device=t.device
+        )
+
+    return {"grid_constructor": grid}
 
 
 # Make ``torchdiffeq.odeint(..., method="leapfrog")`` available (adds one entry to its table).
@@ -112,8 +202,31 @@ class SeparableField(nn.Module):
         self.w_out = nn.Parameter(torch.zeros(2, hidden, width))
         self.b_out = nn.Parameter(torch.zeros(2, 1, width))
 
+    def halves(self) -> tuple[Callable[[float, Tensor], Tensor], Callable[[float, Tensor], Tensor]]:
+        """The two halves ``(drift, kick)`` of the field as separate functions.
+
+        ``drift(t, p) = f(p, t)  # (n, n_p) → (n, n_q)`` is ``dq/dt`` and ``kick(t, q) = g(q,
+        t)  # (n, n_q) → (n, n_p)`` is ``dp/dt``; ``t`` is a Python float. The weights are
+        sliced once here, so a solver that takes many steps pays for the slicing (and its
+        backward pass) once rather than at every evaluation.
+        """
+        m = self.n_q
+        w_f, w_g = self.w_in[0], self.w_in[1, :m]
+        b_f, b_g = self.b_in[0], self.b_in[1]
+        c_f, c_g = self.time[0], self.time[1]
+        v_f, v_g = self.w_out[0, :, :m], self.w_out[1]
+        o_f, o_g = self.b_out[0, :, :m], self.b_out[1]
+
+        def drift(t: float, p: Tensor) -> Tensor:
+            return torch.addmm(o_f, torch.tanh(torch.addmm(b_f.add(c_f, alpha=t), p, w_f)), v_f)
+
+        def kick(t: float, q: Tensor) -> Tensor:
+            return torch.addmm(o_g, torch.tanh(torch.addmm(b_g.add(c_g, alpha=t), q, w_g)), v_g)
+
+        return drift, kick
+
     def forward(self, t: Tensor, y: Tensor) -> Tensor:
-        """dy/dt  # (n, dim)"""
+        """dy/dt = (f(p, t), g(q, t)), both halves in one batched call  # (n, dim)"""
         q, p = y[:, : self.n_q], y[:, self.n_q :]
         if self.n_q < self.n_p:
             q = torch.cat([q, q.new_zeros(q.shape[0], self.n_p - self.n_q)], dim=1)
@@ -163,13 +276,10 @@ class DivergenceFreeCNF(nn.Module):
         self.field = SeparableField(dim, hidden, generator)
 
     def _integrate(self, y: Tensor, reverse: bool) -> Tensor:
-        if self.method in _FIXED_GRID:
-            t = torch.linspace(0.0, 1.0, self.n_steps + 1, dtype=y.dtype, device=y.device)
-        else:
-            t = torch.tensor([0.0, 1.0], dtype=y.dtype, device=y.device)
-        if reverse:
-            t = t.flip(0)
-        options = {"n_q": self.field.n_q} if self.method == "leapfrog" else None
+        t = torch.tensor([1.0, 0.0] if reverse else [0.0, 1.0], dtype=y.dtype, device=y.device)
+        options: dict = uniform_grid(self.n_steps) if self.method in _FIXED_GRID else {}
+        if self.method == "leapfrog":
+            options["n_q"] = self.field.n_q
         return odeint(
             self.field, y, t, method=self.method, rtol=self.rtol, atol=self.atol, options=options
         )[-1]
