@@ -31,74 +31,14 @@ from __future__ import annotations
 from typing import ClassVar
 
 import numpy as np
-import ot
 import torch
 
 from baselines._linear import LinearMapMethod, ScaledPCA, compose_map
 from baselines.base import FitData, register
 from flowmatch.alignment import fit_similarity, refine_map
+from flowmatch.gromov import gw_coupling, normalised_distances
 
 __all__ = ["GromovWasserstein", "gw_coupling"]
-
-
-def _eccentricity_cost(dist_a: np.ndarray, dist_b: np.ndarray, n_quantiles: int = 32) -> np.ndarray:
-    """Cost (n_a, n_b): L1 gap between the quantiles of each point's distances to all others.
-
-    Invariant to isometries; its OT plan is the "third lower bound" of Mémoli (2011), a
-    standard starting coupling for the non-convex GW problem.
-    """
-    levels = np.linspace(0.0, 1.0, n_quantiles)
-    qa = np.quantile(dist_a, levels, axis=1).T  # (n_a, n_quantiles)
-    qb = np.quantile(dist_b, levels, axis=1).T
-    return ot.dist(qa, qb, metric="cityblock") / n_quantiles
-
-
-def gw_coupling(
-    dist_a: np.ndarray,
-    dist_b: np.ndarray,
-    *,
-    n_restarts: int = 2,
-    max_iter: int = 200,
-    seed: int = 0,
-) -> tuple[np.ndarray, float]:
-    """Lowest-loss Gromov–Wasserstein coupling over several starts (uniform marginals).
-
-    Parameters
-    ----------
-    dist_a : (n_a, n_a), dist_b : (n_b, n_b) symmetric distance matrices.
-    n_restarts : extra starts, each the OT plan of a randomly perturbed eccentricity cost,
-        tried besides the product coupling and the plain eccentricity plan.
-    max_iter : conditional-gradient iterations per start.
-
-    Returns
-    -------
-    coupling : ndarray  # (n_a, n_b), rows sum to 1/n_a, columns to 1/n_b
-    loss : float  # its GW loss
-    """
-    ca, cb = np.asarray(dist_a, np.float64), np.asarray(dist_b, np.float64)
-    p, q = ot.unif(len(ca)), ot.unif(len(cb))
-    rng = np.random.default_rng(seed)
-    ecc = _eccentricity_cost(ca, cb)
-    noise = float(ecc.std()) or 1.0
-    starts = [None, ot.emd(p, q, ecc)]
-    starts += [ot.emd(p, q, ecc + noise * rng.random(ecc.shape)) for _ in range(n_restarts)]
-    best, best_loss = None, np.inf
-    for g0 in starts:
-        plan, log = ot.gromov.gromov_wasserstein(
-            ca,
-            cb,
-            p,
-            q,
-            loss_fun="square_loss",
-            symmetric=True,
-            G0=g0,
-            log=True,
-            max_iter=max_iter,
-        )
-        if log["gw_dist"] < best_loss:
-            best, best_loss = plan, float(log["gw_dist"])
-    assert best is not None
-    return best, best_loss
 
 
 @register("gromov_wasserstein")
@@ -153,9 +93,12 @@ class GromovWasserstein(LinearMapMethod):
         ia = np.sort(rng.permutation(len(za))[: self.n_samples])
         ib = np.sort(rng.permutation(len(zb))[: self.n_samples])
         sa, sb = za[ia], zb[ib]
-        dist = lambda z: (d := torch.cdist(z, z).numpy()) / max(float(d.mean()), 1e-300)  # noqa: E731
         plan, self.gw_loss_ = gw_coupling(
-            dist(sa), dist(sb), n_restarts=self.n_restarts, max_iter=self.max_iter, seed=data.seed
+            normalised_distances(sa),
+            normalised_distances(sb),
+            n_restarts=self.n_restarts,
+            max_iter=self.max_iter,
+            seed=data.seed,
         )
         plan_t = torch.from_numpy(plan)
         mass = plan_t.sum(1)

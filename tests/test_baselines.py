@@ -10,7 +10,7 @@ from torch.testing import assert_close
 from baselines import FitData, get_method, list_methods
 from baselines._linear import ScaledPCA, compose_map
 from baselines.cluster_pairs import match_clusters, translate_from_clusters
-from baselines.gromov_wasserstein import gw_coupling
+from flowmatch.gromov import gw_coupling
 from baselines.relative import relative_coordinates
 from flowmatch._validation import NotFittedError
 
