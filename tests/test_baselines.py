@@ -10,9 +10,9 @@ from torch.testing import assert_close
 from baselines import FitData, get_method, list_methods
 from baselines._linear import ScaledPCA, compose_map
 from baselines.cluster_pairs import match_clusters, translate_from_clusters
-from flowmatch.gromov import gw_coupling
 from baselines.relative import relative_coordinates
 from flowmatch._validation import NotFittedError
+from flowmatch.gromov import gw_coupling
 
 BUNDLED = ["affine", "procrustes", "relative", "gromov_wasserstein", "cluster_pairs"]
 
