@@ -30,13 +30,10 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-import numpy as np
-import torch
-
 from baselines._linear import LinearMapMethod, ScaledPCA, compose_map
 from baselines.base import FitData, register
-from flowmatch.alignment import fit_similarity, refine_map
-from flowmatch.gromov import gw_coupling, normalised_distances
+from flowmatch.alignment import refine_map
+from flowmatch.gromov import gw_coupling, gw_initial_map
 
 __all__ = ["GromovWasserstein", "gw_coupling"]
 
@@ -89,20 +86,16 @@ class GromovWasserstein(LinearMapMethod):
         red_a = ScaledPCA.fit(data.a, self.n_components)
         red_b = ScaledPCA.fit(data.b, self.n_components)
         za, zb = red_a.transform(data.a), red_b.transform(data.b)
-        rng = np.random.default_rng(data.seed)
-        ia = np.sort(rng.permutation(len(za))[: self.n_samples])
-        ib = np.sort(rng.permutation(len(zb))[: self.n_samples])
-        sa, sb = za[ia], zb[ib]
-        plan, self.gw_loss_ = gw_coupling(
-            normalised_distances(sa),
-            normalised_distances(sb),
+        matrix, bias, self.gw_loss_ = gw_initial_map(
+            za,
+            zb,
+            za,
+            zb,
+            n_samples=self.n_samples,
             n_restarts=self.n_restarts,
             max_iter=self.max_iter,
             seed=data.seed,
         )
-        plan_t = torch.from_numpy(plan)
-        mass = plan_t.sum(1)
-        matrix, bias = fit_similarity(sa, (plan_t @ sb) / mass[:, None], mass)
         if self.refine:
             matrix, bias = refine_map(
                 za,

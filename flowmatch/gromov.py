@@ -103,6 +103,7 @@ def gw_initial_map(
     *,
     n_samples: int = 400,
     n_restarts: int = 2,
+    max_iter: int = 200,
     seed: int = 0,
 ) -> tuple[Tensor, Tensor, float]:
     """A similarity map ``src → dst`` from a GW coupling of random subsamples.
@@ -114,7 +115,7 @@ def gw_initial_map(
     src : Tensor  # (n_a, k) rows of A in the coordinates the map acts on (same row order)
     dst : Tensor  # (n_b, k) rows of B in the map's target coordinates
     n_samples : rows per side in the GW problem (its cost grows as n_samples³).
-    n_restarts, seed : see :func:`gw_coupling`; ``seed`` also draws the subsamples.
+    n_restarts, max_iter, seed : see :func:`gw_coupling`; ``seed`` also draws the subsamples.
 
     Returns
     -------
@@ -129,6 +130,7 @@ def gw_initial_map(
         normalised_distances(geom_a[ia].double()),
         normalised_distances(geom_b[ib].double()),
         n_restarts=n_restarts,
+        max_iter=max_iter,
         seed=seed,
     )
     plan_t = torch.from_numpy(plan)
