@@ -586,6 +586,20 @@ class FlowAutoencoder:
 
     inverse_transform = decode
 
+    @torch.no_grad()
+    def principal_coordinates(self, x: Any) -> Tensor:
+        """The k leading scaled PCA coordinates, before the flow  # (n, d) → (n, k), CPU."""
+        return self._to_pca(self._prepare(x))[:, : self.latent_dim_].cpu()
+
+    @torch.no_grad()
+    def from_principal_coordinates(self, y: Any) -> Tensor:
+        """Activations from the k leading PCA coordinates, the others zero  # (n, k) → (n, d)."""
+        check_fitted(self, "model_")
+        yt = as_matrix(y, "y", dim=self.latent_dim_).to(self._device, _DTYPES[self.dtype])
+        full = yt.new_zeros(yt.shape[0], self.n_features_modelled_)
+        full[:, : self.latent_dim_] = yt
+        return self._from_pca(full).cpu()
+
     def log_prob(self, x: Any) -> Tensor:
         """Exact log-density of each row (of its non-constant columns)  # (n, d) → (n,), CPU."""
         y = self._to_pca(self._prepare(x))

@@ -10,7 +10,7 @@ Example (``configs/digits.yaml``)::
     seed: 0
     autoencoder: {latent_dim: 10, flow: coupling}
     tree: {k_neighbors: 15}
-    translate: {n_refine: 20}
+    translate: {n_refine: 10, space: pca}
     compare: {n_pairs: 10, methods: null}
 """
 
@@ -41,9 +41,12 @@ class CompareSettings:
 
 @dataclass(frozen=True)
 class TranslateSettings:
-    """OT refinement settings of :func:`flowmatch.translate`."""
+    """Map coordinates, starts and OT refinement settings of :func:`flowmatch.translate`."""
 
-    n_refine: int = 20
+    space: str = "pca"
+    n_gw_starts: int = 6
+    n_refine: int = 10
+    polish_steps: int = 10
     max_exact: int = 1500
     group_penalty: float = 1.0
     anchor_weight: float = 10.0

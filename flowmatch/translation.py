@@ -1,10 +1,16 @@
 """``translate(a, b)``: carry model A's activations into model B's activation space without
 paired data.
 
-Pipeline (DESIGN.md): fit a flow autoencoder per model → density tree of each latent →
-:func:`~flowmatch.matching.match_trees` → similarity map between the two *whitened* latents
-from the matched mode centroids → optimal-transport refinement that keeps transport inside
-matched branches → ``x_a ↦ decode_b(M · encode_a(x_a) + c)``.
+Pipeline: fit a flow autoencoder per model → density tree of each latent →
+:func:`~flowmatch.matching.match_trees` → starting maps (the matched mode centroids, and
+Gromov–Wasserstein couplings of subsamples) → optimal-transport refinement of a similarity map
+between the two sides' map coordinates → the start whose refined map has the lowest transport
+cost is kept.
+
+The map acts on each autoencoder's k leading principal coordinates by default
+(``space="pca"``: ``x_a ↦ pca⁻¹_b(M · pca_a(x_a) + c)``), or on the flow latents
+(``space="latent"``: ``x_a ↦ decode_b(M · encode_a(x_a) + c)``). On the zoo pairs the principal
+coordinates give the better maps and the more reliable choice between starts (README, "translate").
 """
 
 from __future__ import annotations
@@ -26,9 +32,11 @@ from flowmatch._io import load_state, save_state
 from flowmatch._validation import as_matrix, check_fitted
 from flowmatch.alignment import fit_similarity, refine_map, transport_cost
 from flowmatch.gromov import gw_initial_map
-from flowmatch.matching import TreeMatching, _whiten, match_trees
+from flowmatch.matching import TreeMatching, match_trees
 
 __all__ = ["Translation", "TranslationScore", "translate"]
+
+_SPACES = ("pca", "latent")
 
 
 @dataclass(frozen=True)
@@ -43,13 +51,18 @@ class TranslationScore:
 
 
 class Translation:
-    """A map from model A's activation space to model B's: ``decode_b(encode_a(x) @ M.T + c)``.
+    """A map from model A's activation space to model B's: ``out_b(in_a(x) @ M.T + c)``.
+
+    ``space="pca"``: ``in_a`` / ``out_b`` are the autoencoders' k leading principal coordinates
+    and their inverse (:meth:`FlowAutoencoder.principal_coordinates`); ``space="latent"``: their
+    ``encode`` / ``decode``.
 
     Attributes
     ----------
     autoencoder_a_, autoencoder_b_ : the fitted :class:`~flowmatch.FlowAutoencoder` of each side.
-    matrix_ : Tensor  # (k_b, k_a) latent map
+    matrix_ : Tensor  # (k_b, k_a) map between the two sides' coordinates
     bias_ : Tensor  # (k_b,)
+    space_ : str  # "pca" or "latent"
     matching_ : TreeMatching | None  # how the two density trees were matched
     tree_a_, tree_b_ : fitted density trees (None after :meth:`load`).
     info_ : dict  # diagnostics: leaf counts, refinement settings, anchors used
@@ -65,7 +78,11 @@ class Translation:
         tree_a: Any = None,
         tree_b: Any = None,
         info: dict[str, Any] | None = None,
+        space: str = "latent",
     ) -> None:
+        if space not in _SPACES:
+            raise ValueError(f"space must be one of {_SPACES}, got {space!r}")
+        self.space_ = space
         self.autoencoder_a_ = autoencoder_a
         self.autoencoder_b_ = autoencoder_b
         self.matrix_ = torch.as_tensor(matrix, dtype=torch.float64)
@@ -84,13 +101,16 @@ class Translation:
         return int(self.autoencoder_b_.d_in_)
 
     def latent(self, x_a: Any) -> Tensor:
-        """B-latent coordinates of A's activations  # (n, d_a) → (n, k_b)."""
-        z_a = self.autoencoder_a_.encode(as_matrix(x_a, "x_a", dim=self.d_a)).double()
+        """A's activations in B's map coordinates (``space_``)  # (n, d_a) → (n, k_b)."""
+        x = as_matrix(x_a, "x_a", dim=self.d_a)
+        ae = self.autoencoder_a_
+        z_a = (ae.principal_coordinates(x) if self.space_ == "pca" else ae.encode(x)).double()
         return z_a @ self.matrix_.T + self.bias_
 
     def __call__(self, x_a: Any) -> Any:
         """Translate ``x_a`` (n, d_a) → (n, d_b); returns NumPy for NumPy input, else torch."""
-        out = self.autoencoder_b_.decode(self.latent(x_a).float()).float()
+        ae, z = self.autoencoder_b_, self.latent(x_a).float()
+        out = (ae.from_principal_coordinates(z) if self.space_ == "pca" else ae.decode(z)).float()
         return out.numpy() if isinstance(x_a, np.ndarray) else out
 
     def inverse(self) -> Translation:
@@ -117,6 +137,7 @@ class Translation:
             self.tree_b_,
             self.tree_a_,
             {**self.info_, "inverted": not self.info_.get("inverted", False)},
+            space=self.space_,
         )
 
     def score(
@@ -149,7 +170,7 @@ class Translation:
         tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
         try:
             tensors = {"matrix": self.matrix_, "bias": self.bias_}
-            meta: dict[str, Any] = {"kind": "Translation", "info": self.info_}
+            meta: dict[str, Any] = {"kind": "Translation", "info": self.info_, "space": self.space_}
             if self.matching_ is not None:
                 m = self.matching_
                 tensors.update(
@@ -202,13 +223,15 @@ class Translation:
             tensors["bias"],
             matching,
             info=meta.get("info"),
+            space=meta.get("space", "latent"),
         )
 
     def __repr__(self) -> str:
         k_b, k_a = self.matrix_.shape
         n = 0 if self.matching_ is None else len(self.matching_.leaf_pairs)
         return (
-            f"Translation(d_a={self.d_a}, d_b={self.d_b}, k_a={k_a}, k_b={k_b}, matched_modes={n})"
+            f"Translation(d_a={self.d_a}, d_b={self.d_b}, k_a={k_a}, k_b={k_b}, "
+            f"space={self.space_!r}, matched_modes={n})"
         )
 
 
@@ -227,6 +250,19 @@ def _autoencoder_and_data(
     x = as_matrix(side, name, min_samples=2)
     ae = FlowAutoencoder(**{"seed": seed, **params}).fit(x)
     return ae, x
+
+
+def _standardise(z: Tensor) -> tuple[Tensor, Tensor]:
+    """Mean and one global scale: ``u = (z − mean) / scale`` has unit mean variance per
+    coordinate. Relative variances are kept — whitening instead would lift the weak, noisy
+    directions to the weight of the strong ones in every transport cost."""
+    mu = z.mean(0)
+    return mu, ((z - mu) ** 2).sum(1).mean().sqrt() / z.shape[1] ** 0.5
+
+
+def _branch_centroids(u: Tensor, groups: np.ndarray, n: int) -> Tensor:
+    """Mean of the rows of each matched branch  # (rows, k), (rows,) → (n, k)"""
+    return torch.stack([u[torch.as_tensor(np.flatnonzero(groups == g))].mean(0) for g in range(n)])
 
 
 def _agreement(matrix: Tensor, bias: Tensor, ca: Tensor, cb: Tensor) -> float:
@@ -269,12 +305,14 @@ def translate(
     autoencoder_params: dict[str, Any] | None = None,
     tree_params: dict[str, Any] | None = None,
     match_params: dict[str, Any] | None = None,
-    n_refine: int = 20,
+    n_refine: int = 10,
     max_exact: int = 1500,
     group_penalty: float = 1.0,
     anchor_weight: float = 10.0,
-    affine_steps: int | None = None,
-    n_gw_starts: int = 3,
+    polish_steps: int = 10,
+    polish: str = "similarity",
+    n_gw_starts: int = 6,
+    space: str = "pca",
     seed: int = 0,
     progress: bool = True,
 ) -> Translation:
@@ -294,14 +332,19 @@ def translate(
         ≥ 1 nat unless told otherwise.
     n_refine, max_exact, group_penalty, anchor_weight : OT refinement (see
         :func:`~flowmatch.alignment.refine_map`).
-    affine_steps : how many of the ``n_refine`` steps refit a full affine map; the others (first)
-        refit a similarity (rotation × scale). Default: half.
-    n_gw_starts : extra starting maps from Gromov–Wasserstein couplings of latent subsamples
+    polish_steps, polish : further refinement steps on the kept map, refitting a
+        ``"similarity"`` (rotation × one scale; default) or an ``"affine"`` map. On the zoo
+        pairs the unpaired affine refit lowers stitching (it fits the transport plan's noise).
+    n_gw_starts : extra starting maps from Gromov–Wasserstein couplings of subsamples
         (:func:`~flowmatch.gromov.gw_initial_map`). Every start (the tree matching's map first)
-        gets the same similarity refinement; the one with the lowest transport cost to B's
-        latent is kept. Its affine refinement keeps transport inside matched branches when the
-        kept map sends at least half the matched A modes nearest to their partners (``info_``
-        records the costs, the winner and this agreement). 0: the tree matching alone.
+        gets ``n_refine`` similarity steps; the one with the lowest transport cost to B's rows
+        is kept. Its polish keeps transport inside matched branches, with equal branch masses
+        on both sides, when the kept map sends at least half the matched A modes nearest to
+        their partners (``info_`` records the costs, the winner and this agreement). 0: the
+        tree matching alone.
+    space : where the map acts: ``"pca"`` (default), the k leading principal coordinates of
+        each autoencoder (before its flow), or ``"latent"``, the flow latents. Either way
+        each side is centred and divided by one global scale, never whitened.
     seed : seeds every stage.
 
     Returns
@@ -310,8 +353,10 @@ def translate(
     """
     from flowmatch.density_tree import DensityTree
 
+    if space not in _SPACES:
+        raise ValueError(f"space must be one of {_SPACES}, got {space!r}")
     ae_params = {"progress": progress, **_AE_DEFAULTS, **(autoencoder_params or {})}
-    steps = tqdm(total=6, desc="translate", disable=not progress, leave=False)
+    steps = tqdm(total=5, desc="translate", disable=not progress, leave=False)
     ae_a, xa = _autoencoder_and_data(a, data_a, ae_params, seed, "a")
     if ae_params.get("latent_dim", "auto") == "auto":  # both latents get A's chosen width
         ae_params["latent_dim"] = int(ae_a.latent_dim_)
@@ -323,15 +368,17 @@ def translate(
     tp = {"seed": seed, **_TREE_DEFAULTS, **(tree_params or {})}
     tree_a = DensityTree(**tp).fit(ae_a, xa)
     tree_b = DensityTree(**tp).fit(ae_b, xb)
-    steps.update(1)
     matching = match_trees(tree_a, tree_b, seed=seed, **(match_params or {}))
     steps.update(1)
-    mu_a, w_a = (torch.from_numpy(v) for v in _whiten(za.numpy()))
-    mu_b, w_b = (torch.from_numpy(v) for v in _whiten(zb.numpy()))
-    ua, ub = (za - mu_a) @ w_a, (zb - mu_b) @ w_b
+    if space == "pca":
+        va, vb = ae_a.principal_coordinates(xa).double(), ae_b.principal_coordinates(xb).double()
+    else:
+        va, vb = za, zb
+    (mu_a, s_a), (mu_b, s_b) = _standardise(va), _standardise(vb)
+    ua, ub = (va - mu_a) / s_a, (vb - mu_b) / s_b
     ia, ib = matching.leaf_pairs[:, 0], matching.leaf_pairs[:, 1]
-    ca = (torch.from_numpy(tree_a.mode_centroids()[ia]) - mu_a) @ w_a
-    cb = (torch.from_numpy(tree_b.mode_centroids()[ib]) - mu_b) @ w_b
+    groups = (_groups(tree_a, za, ia), _groups(tree_b, zb, ib))
+    ca, cb = _branch_centroids(ua, groups[0], len(ia)), _branch_centroids(ub, groups[1], len(ib))
     weight = tree_a.mode_masses()[ia] * np.maximum(matching.confidence, 1e-3)
     anchors = None
     if pairs is not None:
@@ -346,17 +393,15 @@ def translate(
         weight = np.concatenate([weight, np.full(len(pa), weight.mean())])
     inits = {"tree": fit_similarity(ca, cb, weight)}
     for start in range(n_gw_starts):
-        matrix, bias, _ = gw_initial_map(za, zb, ua, ub, seed=seed + start)
+        matrix, bias, _ = gw_initial_map(va, vb, ua, ub, seed=seed + start)
         inits[f"gw{start}"] = (matrix, bias)
     steps.update(1)
-    groups = (_groups(tree_a, za, ia), _groups(tree_b, zb, ib))
-    n_affine = n_refine // 2 if affine_steps is None else affine_steps
+    if polish not in ("similarity", "affine"):
+        raise ValueError(f"polish must be 'similarity' or 'affine', got {polish!r}")
     common = dict(max_exact=max_exact, seed=seed, anchors=anchors, anchor_weight=anchor_weight)
     maps, costs = {}, {}
     for name, (matrix, bias) in inits.items():  # same similarity refinement for every start
-        maps[name] = refine_map(
-            ua, ub, matrix, bias, n_iter=n_refine - n_affine, kind="similarity", **common
-        )
+        maps[name] = refine_map(ua, ub, matrix, bias, n_iter=n_refine, kind="similarity", **common)
         costs[name] = transport_cost(ua, ub, *maps[name], max_exact=max_exact, seed=seed)
     chosen = min(costs, key=costs.__getitem__)
     matrix, bias = maps[chosen]
@@ -364,13 +409,16 @@ def translate(
     by_branch = {}
     if agree >= 0.5:  # the kept map confirms the tree matching: keep transport inside branches
         by_branch = dict(groups=groups, group_penalty=group_penalty)
-    matrix, bias = refine_map(ua, ub, matrix, bias, n_iter=n_affine, **common, **by_branch)
+    if polish_steps:
+        matrix, bias = refine_map(
+            ua, ub, matrix, bias, n_iter=polish_steps, kind=polish, **common, **by_branch
+        )
     steps.update(1)
     steps.close()
-    w_b_inv = torch.linalg.pinv(w_b)
-    lat_matrix = (w_a @ matrix.T @ w_b_inv).T
-    lat_bias = (bias - mu_a @ w_a @ matrix.T) @ w_b_inv + mu_b
+    lat_matrix = matrix * (s_b / s_a)
+    lat_bias = bias * s_b + mu_b - mu_a @ lat_matrix.T
     info = {
+        "space": space,
         "n_modes_a": len(tree_a.leaves_),
         "n_modes_b": len(tree_b.leaves_),
         "n_matched": len(matching.leaf_pairs),
@@ -378,11 +426,14 @@ def translate(
         "n_refine": n_refine,
         "max_exact": max_exact,
         "group_penalty": group_penalty,
-        "affine_steps": n_affine,
+        "polish_steps": polish_steps,
+        "polish": polish,
         "initialisation": chosen,
         "tree_agreement": agree,
-        "branch_constrained": bool(by_branch),
+        "branch_constrained": bool(by_branch) and polish_steps > 0,
         "transport_costs": costs,
         "seed": seed,
     }
-    return Translation(ae_a, ae_b, lat_matrix, lat_bias, matching, tree_a, tree_b, info)
+    return Translation(
+        ae_a, ae_b, lat_matrix, lat_bias, matching, tree_a, tree_b, info, space=space
+    )

@@ -111,6 +111,19 @@ def test_decode_encode_recovers_noise_free_part(fitted) -> None:  # noqa: ANN001
     assert r2 > 0.95  # three latent coordinates carry the signal
 
 
+def test_principal_coordinates_are_the_leading_pca_axes(fitted) -> None:  # noqa: ANN001
+    ae, x = fitted
+    y = ae.principal_coordinates(x)
+    assert y.shape == (len(x), 3)
+    centred = x - x.mean(0)
+    top = torch.linalg.svd(centred, full_matrices=False)[2][:3]  # (3, d) leading axes
+    projection = centred @ top.T @ top + x.mean(0)
+    assert_close(ae.from_principal_coordinates(y), projection, rtol=0, atol=1e-8)
+    assert_close(ae.principal_coordinates(ae.from_principal_coordinates(y)), y, rtol=0, atol=1e-8)
+    with pytest.raises(ValueError, match="dim"):
+        ae.from_principal_coordinates(y[:, :2])
+
+
 def test_row_order_and_seed_invariance(fitted) -> None:  # noqa: ANN001
     ae, x = fitted
     perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(9))
