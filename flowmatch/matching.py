@@ -34,9 +34,15 @@ from typing import Any, Protocol
 
 import networkx as nx
 import numpy as np
-from scipy.optimize import quadratic_assignment
+from scipy.optimize import linear_sum_assignment, quadratic_assignment
 
-__all__ = ["TreeMatching", "TreeSummary", "match_trees", "summarise_tree"]
+__all__ = [
+    "TreeMatching",
+    "TreeSummary",
+    "match_trees",
+    "matching_from_transport",
+    "summarise_tree",
+]
 
 
 class _Tree(Protocol):
@@ -316,4 +322,49 @@ def match_trees(
         cost=float(vals[order[0]]),
         n_candidates=len(cand),
         method=method,
+    )
+
+
+def matching_from_transport(
+    tree_a: _Tree,
+    tree_b: _Tree,
+    leaf_a: np.ndarray,
+    leaf_b: np.ndarray,
+    plan: np.ndarray,
+    min_share: float = 0.5,
+) -> TreeMatching:
+    """The leaf correspondence a transport plan between the two trees' rows carries.
+
+    The plan's mass is summed per (A leaf, B leaf); a one-to-one assignment maximises the
+    mass kept, and a pair is reported when it holds at least ``min_share`` of its A leaf's
+    transported mass (a mode that one model splits in two keeps its larger half).
+
+    Parameters
+    ----------
+    tree_a, tree_b : fitted density trees.
+    leaf_a : (n_a,) leaf index (into ``tree_a.leaves_``) of each source row of the plan.
+    leaf_b : (n_b,) the same for the target rows.
+    plan : (n_a, n_b) transport plan, e.g. between A's rows under a fitted map and B's rows.
+
+    Returns
+    -------
+    TreeMatching  # ``coupling`` (m_a, m_b): share of each A leaf's mass sent to each B leaf;
+                  # ``cost``: fraction of all mass sent outside the reported pairs
+    """
+    m_a, m_b = len(tree_a.leaves_), len(tree_b.leaves_)
+    one_a = np.eye(m_a)[np.asarray(leaf_a)]  # (n_a, m_a)
+    one_b = np.eye(m_b)[np.asarray(leaf_b)]
+    mass = one_a.T @ np.asarray(plan, dtype=np.float64) @ one_b  # (m_a, m_b)
+    share = mass / np.maximum(mass.sum(1, keepdims=True), 1e-300)
+    rows, cols = linear_sum_assignment(mass, maximize=True)
+    keep = share[rows, cols] >= min_share
+    pairs = np.stack([rows[keep], cols[keep]], axis=1).astype(np.int64)
+    return TreeMatching(
+        leaf_pairs=pairs,
+        confidence=share[pairs[:, 0], pairs[:, 1]],
+        node_pairs=_internal_pairs(tree_a, tree_b, pairs),
+        coupling=share,
+        cost=float(1.0 - mass[pairs[:, 0], pairs[:, 1]].sum() / max(mass.sum(), 1e-300)),
+        n_candidates=1,
+        method="transport",
     )

@@ -30,9 +30,14 @@ from tqdm.auto import tqdm
 from flowmatch import metrics
 from flowmatch._io import load_state, save_state
 from flowmatch._validation import as_matrix, check_fitted
-from flowmatch.alignment import fit_similarity, refine_map, transport_cost
+from flowmatch.alignment import (
+    fit_similarity,
+    refine_map,
+    transport_cost,
+    transport_plan,
+)
 from flowmatch.gromov import gw_initial_map
-from flowmatch.matching import TreeMatching, match_trees
+from flowmatch.matching import TreeMatching, match_trees, matching_from_transport
 
 __all__ = ["Translation", "TranslationScore", "translate"]
 
@@ -63,7 +68,9 @@ class Translation:
     matrix_ : Tensor  # (k_b, k_a) map between the two sides' coordinates
     bias_ : Tensor  # (k_b,)
     space_ : str  # "pca" or "latent"
-    matching_ : TreeMatching | None  # how the two density trees were matched
+    matching_ : TreeMatching | None  # which density mode of A the map carries onto which of B
+        (from :func:`translate`: transport of the mapped rows, ``method="transport"``; the
+        structural tree matching that gave one of the starts is in ``info_``)
     tree_a_, tree_b_ : fitted density trees (None after :meth:`load`).
     info_ : dict  # diagnostics: leaf counts, refinement settings, anchors used
     """
@@ -265,6 +272,28 @@ def _branch_centroids(u: Tensor, groups: np.ndarray, n: int) -> Tensor:
     return torch.stack([u[torch.as_tensor(np.flatnonzero(groups == g))].mean(0) for g in range(n)])
 
 
+def _matching_under_map(
+    tree_a: Any,
+    tree_b: Any,
+    latents: tuple[Tensor, Tensor],
+    coords: tuple[Tensor, Tensor],
+    matrix: Tensor,
+    bias: Tensor,
+    max_exact: int,
+    seed: int,
+) -> TreeMatching:
+    """Which mode of A the kept map carries onto which mode of B: exact OT between seeded
+    subsamples of the mapped A rows and B's rows, summed per pair of leaves."""
+    rng = np.random.default_rng(seed)
+    ia = np.sort(rng.permutation(len(coords[0]))[:max_exact])
+    ib = np.sort(rng.permutation(len(coords[1]))[:max_exact])
+    mapped = coords[0][ia] @ matrix.T + bias
+    plan = transport_plan(torch.cdist(mapped, coords[1][ib]).pow(2).numpy())
+    leaf_a = tree_a.predict(latents[0][ia].numpy())
+    leaf_b = tree_b.predict(latents[1][ib].numpy())
+    return matching_from_transport(tree_a, tree_b, leaf_a, leaf_b, plan)
+
+
 def _agreement(matrix: Tensor, bias: Tensor, ca: Tensor, cb: Tensor) -> float:
     """Fraction of matched modes whose mapped A centroid lies nearest to its partner in B."""
     nearest = torch.cdist(ca @ matrix.T + bias, cb).argmin(1)
@@ -413,6 +442,7 @@ def translate(
         matrix, bias = refine_map(
             ua, ub, matrix, bias, n_iter=polish_steps, kind=polish, **common, **by_branch
         )
+    final = _matching_under_map(tree_a, tree_b, (za, zb), (ua, ub), matrix, bias, max_exact, seed)
     steps.update(1)
     steps.close()
     lat_matrix = matrix * (s_b / s_a)
@@ -430,10 +460,10 @@ def translate(
         "polish": polish,
         "initialisation": chosen,
         "tree_agreement": agree,
+        "structural_leaf_pairs": matching.leaf_pairs.tolist(),
+        "structural_cost": matching.cost,
         "branch_constrained": bool(by_branch) and polish_steps > 0,
         "transport_costs": costs,
         "seed": seed,
     }
-    return Translation(
-        ae_a, ae_b, lat_matrix, lat_bias, matching, tree_a, tree_b, info, space=space
-    )
+    return Translation(ae_a, ae_b, lat_matrix, lat_bias, final, tree_a, tree_b, info, space=space)

@@ -44,6 +44,16 @@ def test_rotation_and_shift_are_recovered_without_pairs(synthetic):
     assert isinstance(t(torch.as_tensor(test_a)), torch.Tensor)
 
 
+def test_reported_mode_pairs_are_the_ones_the_map_carries(synthetic):
+    *_, t = synthetic
+    m = t.matching_
+    assert m.method == "transport" and np.all(m.confidence >= 0.75)
+    cent = lambda tree: np.stack([tree.tree_.nodes[v]["centroid_x"] for v in tree.leaves_])  # noqa: E731
+    mapped = t(cent(t.tree_a_).astype(np.float32))
+    nearest = np.linalg.norm(mapped[:, None] - cent(t.tree_b_)[None], axis=-1).argmin(1)
+    np.testing.assert_array_equal(nearest[m.leaf_pairs[:, 0]], m.leaf_pairs[:, 1])
+
+
 def test_the_lowest_cost_candidate_is_kept(synthetic):
     *_, t = synthetic
     costs = t.info_["transport_costs"]
