@@ -46,9 +46,10 @@ class TranslateSettings:
     space: str = "pca"
     n_gw_starts: int = 6
     n_refine: int = 10
-    polish_steps: int = 10
+    balance_steps: int = 10
+    max_crossing: float = 0.2
     max_exact: int = 1500
-    group_penalty: float = 1.0
+    group_penalty: float = 0.0
     anchor_weight: float = 10.0
 
 

@@ -47,7 +47,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         nargs="*",
         default=None,
         help="activations per side in the scaling run (default 1e3 1e4 1e5; 1e3 3e3 with --quick;"
-        " none to skip)",
+        " --sizes with no value skips it)",
     )
     parser.add_argument("--seed", type=int, default=0, help="random seed")
     parser.add_argument("--quick", action="store_true", help="digits-mlp and a small scaling run")
