@@ -52,6 +52,10 @@ class TranslateSettings:
     group_penalty: float = 0.0
     anchor_weight: float = 10.0
 
+    def __post_init__(self) -> None:
+        if self.space not in ("pca", "latent"):
+            raise ConfigError(f"translate.space must be 'pca' or 'latent', got {self.space!r}")
+
 
 @dataclass(frozen=True)
 class Config:

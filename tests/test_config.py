@@ -26,3 +26,10 @@ def test_unknown_keys_are_named():
         config_from_dict({"name": "x", "tree": {"k_neighbours": 3}})
     with pytest.raises(ConfigError, match="unknown pair"):
         config_from_dict({"name": "x", "pair": "nope"})
+
+
+def test_bad_translate_space_is_named():
+    with pytest.raises(ConfigError, match="translate.space"):
+        config_from_dict({"name": "x", "translate": {"space": "whitened"}})
+    cfg = config_from_dict({"name": "x", "translate": {"space": "latent"}})
+    assert cfg.translate.space == "latent"
