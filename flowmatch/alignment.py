@@ -35,6 +35,7 @@ __all__ = [
     "refine_map",
     "transport_cost",
     "transport_plan",
+    "transport_subsample",
 ]
 
 
@@ -206,21 +207,38 @@ def refine_map(
     return matrix, bias
 
 
-def transport_cost(
+def transport_subsample(
     x_a: Any, x_b: Any, matrix: Tensor, bias: Tensor, *, max_exact: int = 1500, seed: int = 0
-) -> float:
-    """Mean squared transport distance between the mapped ``x_a`` and ``x_b`` (exact OT).
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Exact OT between the mapped ``x_a`` and ``x_b`` on seeded subsamples.
 
-    The squared 2-Wasserstein distance between the two empirical measures (on seeded subsamples
-    of at most ``max_exact`` rows per side). It needs no pairs, so it can compare candidate maps
-    into the same target coordinates: the lower, the better the mapped cloud covers ``x_b``.
+    Returns
+    -------
+    idx_a : ndarray  # (m_a,) rows of ``x_a`` in the subsample (at most ``max_exact``)
+    idx_b : ndarray  # (m_b,) rows of ``x_b``
+    plan : ndarray  # (m_a, m_b) optimal plan, uniform marginals
+    cost : ndarray  # (m_a, m_b) squared distances from the mapped A rows to the B rows
     """
     xa, xb = _f64(x_a, "x_a"), _f64(x_b, "x_b")
     rng = np.random.default_rng(seed)
     ia, ib = _subsample(len(xa), max_exact, rng), _subsample(len(xb), max_exact, rng)
     ya = xa[ia] @ torch.as_tensor(matrix, dtype=torch.float64).T + torch.as_tensor(bias).double()
     cost = torch.cdist(ya, xb[ib]).pow(2).numpy()
-    return float((transport_plan(cost) * cost).sum())
+    return ia, ib, transport_plan(cost), cost
+
+
+def transport_cost(
+    x_a: Any, x_b: Any, matrix: Tensor, bias: Tensor, *, max_exact: int = 1500, seed: int = 0
+) -> float:
+    """Mean squared transport distance between the mapped ``x_a`` and ``x_b`` (exact OT).
+
+    The squared 2-Wasserstein distance between the two empirical measures (on seeded subsamples
+    of at most ``max_exact`` rows per side, :func:`transport_subsample`). It needs no pairs, so
+    it can compare candidate maps into the same target coordinates: the lower, the better the
+    mapped cloud covers ``x_b``.
+    """
+    _, _, plan, cost = transport_subsample(x_a, x_b, matrix, bias, max_exact=max_exact, seed=seed)
+    return float((plan * cost).sum())
 
 
 def _balanced_source(ga: np.ndarray, gb: np.ndarray) -> np.ndarray:
