@@ -129,6 +129,13 @@ class FlowAutoencoder:
         directions for the class structure of the zoo layers (k = 10 on every zoo layer).
     reconstruction_weight : weight λ of the reconstruction term (squared error per
         coordinate, in units of the scaled data) added to the NLL per coordinate.
+    training_noise : standard deviation of Gaussian noise added to each training minibatch,
+        per principal coordinate and relative to that coordinate's standard deviation (0: off).
+        A smoothing regulariser for small activation sets: the flow's shears regress half of
+        the coordinates on the other half, and on ~1000 rows that regression overfits (held-out
+        residual variance about twice the training one). Measured on digits-mlp (k = 10,
+        held-out NLL in nats/dim): cnf, 7800 steps, −0.763 → −0.799 at 0.15; coupling, the
+        default 1200 steps, −0.772 → −0.736 (it slows the fit when the budget is short).
     lr, batch_size, max_epochs, patience : Adam learning rate, minibatch size, epoch limit,
         and early stopping on the held-out NLL (epochs without improvement).
     max_steps : optional limit on optimiser steps (training stops after the epoch that
@@ -181,6 +188,7 @@ class FlowAutoencoder:
         explained_variance: float = 0.9,
         min_latent_dim: int = 10,
         reconstruction_weight: float = 50.0,
+        training_noise: float = 0.0,
         lr: float = 1e-3,
         batch_size: int = 128,
         max_epochs: int = 200,
@@ -207,6 +215,7 @@ class FlowAutoencoder:
         self.explained_variance = explained_variance
         self.min_latent_dim = min_latent_dim
         self.reconstruction_weight = reconstruction_weight
+        self.training_noise = training_noise
         self.lr = lr
         self.batch_size = batch_size
         self.max_epochs = max_epochs
@@ -254,6 +263,8 @@ class FlowAutoencoder:
         for name in ("n_components", "d_flow", "hidden", "batch_size", "patience"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not (math.isfinite(self.training_noise) and self.training_noise >= 0.0):
+            raise ValueError(f"training_noise must be finite and >= 0, got {self.training_noise}")
         if not 0.0 <= self.validation_fraction < 1.0:
             raise ValueError("validation_fraction must lie in [0, 1)")
         if not 0.0 < self.explained_variance <= 1.0:
@@ -455,6 +466,9 @@ class FlowAutoencoder:
             leave=False,
         )
         n_seen, t_train = 0, 0.0
+        noise_std = self.training_noise * torch.sqrt(
+            self.explained_variance_.clamp_min(self.min_variance)
+        ).to(y_tr)  # (d',) per principal coordinate
         for epoch in bar:
             t0 = time.perf_counter()
             model.train()
@@ -462,8 +476,13 @@ class FlowAutoencoder:
                 n_tr, generator=torch.Generator().manual_seed(self.seed * 7919 + epoch)
             )
             total, count = 0.0, 0
+            noise_gen = torch.Generator().manual_seed(self.seed * 7919 + epoch + 104729)
             for idx in perm.to(y_tr.device).split(int(self.batch_size)):
-                loss, nll = self._loss(model, y_tr[idx])
+                batch = y_tr[idx]
+                if self.training_noise > 0:
+                    eps = torch.randn(batch.shape, generator=noise_gen, dtype=torch.float64)
+                    batch = batch + eps.to(batch) * noise_std
+                loss, nll = self._loss(model, batch)
                 if not torch.isfinite(loss):
                     raise FloatingPointError(
                         f"non-finite training loss ({float(loss)}) at epoch {epoch}; lower lr "

@@ -154,9 +154,11 @@ def test_save_load_roundtrip(tmp_path, fitted) -> None:  # noqa: ANN001
     assert_close(back.sample(4, seed=2), ae.sample(4, seed=2), rtol=0, atol=0)
 
 
-def test_checkpoint_resume_equals_uninterrupted_run(tmp_path) -> None:
+@pytest.mark.parametrize("noise", [0.0, 0.2])
+def test_checkpoint_resume_equals_uninterrupted_run(tmp_path, noise: float) -> None:
     x = _data(200, 6)
     kw = {**FAST, "max_steps": None, "patience": 100, "latent_dim": 2, "dtype": "float64"}
+    kw["training_noise"] = noise
     straight = FlowAutoencoder(max_epochs=6, **kw).fit(x)
     ckpt = tmp_path / "ckpt.safetensors"
     FlowAutoencoder(max_epochs=3, checkpoint=ckpt, checkpoint_every=1, **kw).fit(x)
@@ -165,6 +167,17 @@ def test_checkpoint_resume_equals_uninterrupted_run(tmp_path) -> None:
     assert_close(resumed.log_prob(x), straight.log_prob(x), rtol=0, atol=1e-10)
     with pytest.warns(UserWarning, match="other data"):
         FlowAutoencoder(max_epochs=1, checkpoint=ckpt, **kw).fit(x + 1.0)
+
+
+def test_training_noise_is_seeded_and_changes_the_fit(fitted) -> None:  # noqa: ANN001
+    ae, x = fitted
+    kw = dict(latent_dim=3, flow="coupling", dtype="float64", training_noise=0.3, **FAST)
+    noisy = FlowAutoencoder(**kw).fit(x)
+    assert_close(FlowAutoencoder(**kw).fit(x).log_prob(x), noisy.log_prob(x), rtol=0, atol=0)
+    assert (noisy.log_prob(x) - ae.log_prob(x)).abs().max() > 1e-3
+    for bad in (-0.1, math.nan):
+        with pytest.raises(ValueError, match="training_noise"):
+            FlowAutoencoder(**{**kw, "training_noise": bad}).fit(x)
 
 
 def test_auto_latent_dim() -> None:

@@ -78,6 +78,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-steps", type=int, default=1200, help="optimiser steps per flow")
     parser.add_argument("--batch-size", type=int, default=128, help="minibatch of every flow")
     parser.add_argument(
+        "--training-noise",
+        type=float,
+        default=0.0,
+        help="FlowAutoencoder training_noise for every flow (default 0)",
+    )
+    parser.add_argument(
         "--ffjord-method", default="rk4", help="torchdiffeq method of the FFJORD reference"
     )
     parser.add_argument(
@@ -166,6 +172,7 @@ def _flow_ae(
         hidden=args.hidden,
         batch_size=args.batch_size,
         max_steps=args.max_steps,
+        training_noise=args.training_noise,
         flow_options=_solver_of(flow, args) or None,
         progress=False,
         device=args.device,
