@@ -133,7 +133,7 @@ class FlowAutoencoder:
         per principal coordinate and relative to that coordinate's standard deviation (0: off).
         A smoothing regulariser for small activation sets: the flow's shears regress half of
         the coordinates on the other half, and on ~1000 rows that regression overfits (held-out
-        residual variance about twice the training one). Measured on digits-mlp (k = 10,
+        residual variance up to about twice the training one). Measured on digits-mlp (k = 10,
         held-out NLL in nats/dim): cnf, 7800 steps, −0.763 → −0.799 at 0.15; coupling, the
         default 1200 steps, −0.772 → −0.736 (it slows the fit when the budget is short).
         ``history_["train_nll"]`` is then the NLL of the smoothed minibatches; the held-out
