@@ -26,7 +26,7 @@ from torch import Tensor
 
 from flowmatch.alignment import fit_similarity
 
-__all__ = ["gw_coupling", "gw_initial_map", "normalised_distances"]
+__all__ = ["entropic_gw_coupling", "gw_coupling", "gw_initial_map", "normalised_distances"]
 
 
 def _eccentricity_cost(dist_a: np.ndarray, dist_b: np.ndarray, n_quantiles: int = 32) -> np.ndarray:
@@ -89,6 +89,41 @@ def gw_coupling(
     return best, best_loss
 
 
+def entropic_gw_coupling(
+    dist_a: np.ndarray, dist_b: np.ndarray, *, epsilon: float, max_iter: int = 1000
+) -> tuple[np.ndarray, float]:
+    """Entropic Gromov–Wasserstein coupling (Peyré et al. 2016; POT's projected gradient).
+
+    Parameters
+    ----------
+    dist_a : (n_a, n_a), dist_b : (n_b, n_b) symmetric distance matrices (divide each by its
+        mean, :func:`normalised_distances`, so that ``epsilon`` means the same on every pair).
+    epsilon : entropic regularisation (> 0). Small values approach the unregularised problem
+        and converge slowly; large ones blur the coupling towards the product of the marginals.
+    max_iter : outer iterations of the solver.
+
+    Returns
+    -------
+    coupling : ndarray  # (n_a, n_b), rows sum to 1/n_a, columns to 1/n_b
+    loss : float  # its GW loss
+    """
+    if not epsilon > 0:
+        raise ValueError(f"epsilon must be positive, got {epsilon}")
+    ca, cb = np.asarray(dist_a, np.float64), np.asarray(dist_b, np.float64)
+    plan, log = ot.gromov.entropic_gromov_wasserstein(
+        ca,
+        cb,
+        ot.unif(len(ca)),
+        ot.unif(len(cb)),
+        loss_fun="square_loss",
+        epsilon=float(epsilon),
+        symmetric=True,
+        max_iter=max_iter,
+        log=True,
+    )
+    return np.asarray(plan), float(log["gw_dist"])
+
+
 def normalised_distances(z: Tensor) -> np.ndarray:
     """Euclidean distance matrix of the rows of ``z`` divided by its mean  # (n, d) → (n, n)"""
     d = torch.cdist(z, z).numpy()
@@ -104,6 +139,7 @@ def gw_initial_map(
     n_samples: int = 400,
     n_restarts: int = 2,
     max_iter: int = 200,
+    epsilon: float | None = None,
     seed: int = 0,
 ) -> tuple[Tensor, Tensor, float]:
     """A similarity map ``src → dst`` from a GW coupling of random subsamples.
@@ -116,6 +152,9 @@ def gw_initial_map(
     dst : Tensor  # (n_b, k) rows of B in the map's target coordinates
     n_samples : rows per side in the GW problem (its cost grows as n_samples³).
     n_restarts, max_iter, seed : see :func:`gw_coupling`; ``seed`` also draws the subsamples.
+    epsilon : ``None`` → the multi-start conditional-gradient solver (:func:`gw_coupling`); a
+        positive float → one entropic solve with that regularisation (:func:`entropic_gw_coupling`,
+        ``max_iter`` outer iterations; ``n_restarts`` unused).
 
     Returns
     -------
@@ -126,13 +165,14 @@ def gw_initial_map(
     rng = np.random.default_rng(seed)
     ia = np.sort(rng.permutation(len(geom_a))[:n_samples])
     ib = np.sort(rng.permutation(len(geom_b))[:n_samples])
-    plan, loss = gw_coupling(
-        normalised_distances(geom_a[ia].double()),
-        normalised_distances(geom_b[ib].double()),
-        n_restarts=n_restarts,
-        max_iter=max_iter,
-        seed=seed,
-    )
+    dist_a = normalised_distances(geom_a[ia].double())
+    dist_b = normalised_distances(geom_b[ib].double())
+    if epsilon is None:
+        plan, loss = gw_coupling(
+            dist_a, dist_b, n_restarts=n_restarts, max_iter=max_iter, seed=seed
+        )
+    else:
+        plan, loss = entropic_gw_coupling(dist_a, dist_b, epsilon=epsilon, max_iter=max_iter)
     plan_t = torch.from_numpy(plan)
     mass = plan_t.sum(1)
     matrix, bias = fit_similarity(src[ia], (plan_t @ dst[ib].double()) / mass[:, None], mass)

@@ -14,7 +14,14 @@ from baselines.relative import relative_coordinates
 from flowmatch._validation import NotFittedError
 from flowmatch.gromov import gw_coupling
 
-BUNDLED = ["affine", "procrustes", "relative", "gromov_wasserstein", "cluster_pairs"]
+BUNDLED = [
+    "affine",
+    "procrustes",
+    "relative",
+    "gromov_wasserstein",
+    "entropic_gw",
+    "cluster_pairs",
+]
 
 
 def _rotation(d: int, seed: int) -> torch.Tensor:
@@ -142,10 +149,29 @@ def test_gromov_wasserstein_method_recovers_a_rotation() -> None:
     assert_close(m.transform(a[:20]).double(), 2.0 * a[:20] @ rot.T + 1.0, rtol=0, atol=0.2)
 
 
-def test_unpaired_methods_never_read_pairs() -> None:
+def test_entropic_gw_method_recovers_a_rotation_and_keeps_the_cheapest_epsilon() -> None:
+    a = _cloud(300, 3, 10)
+    rot = _rotation(3, 11)
+    b = 2.0 * a[torch.randperm(300, generator=torch.Generator().manual_seed(0))] @ rot.T + 1.0
+    m = get_method("entropic_gw", n_samples=150, n_components=None, epsilons=(0.01, 0.05, 5.0))
+    m.fit(FitData(a=a, b=b))
+    assert m.n_pairs_used_ == 0
+    assert set(m.transport_costs_) == {0.01, 0.05, 5.0}
+    assert m.transport_costs_[m.epsilon_] == min(m.transport_costs_.values())
+    assert_close(m.matrix_, 2.0 * rot, rtol=0, atol=0.05)
+
+
+def test_entropic_gw_rejects_non_positive_epsilons() -> None:
+    a = _cloud(60, 3, 10)
+    with pytest.raises(ValueError, match="epsilons must be"):
+        get_method("entropic_gw", epsilons=(0.05, 0.0)).fit(FitData(a=a, b=a))
+
+
+@pytest.mark.parametrize("name", ["gromov_wasserstein", "entropic_gw"])
+def test_unpaired_methods_never_read_pairs(name: str) -> None:
     a, b = _cloud(200, 3, 12), _cloud(200, 3, 13)
     poisoned = FitData(a=a, b=b, pairs_a=torch.full((5, 3), torch.nan), pairs_b=b[:5])
-    m = get_method("gromov_wasserstein", n_samples=60, n_iter=2).fit(poisoned)
+    m = get_method(name, n_samples=60, n_iter=2).fit(poisoned)
     assert m.n_pairs_used_ == 0
     assert torch.isfinite(m.transform(a)).all()
 

@@ -1,8 +1,9 @@
 import numpy as np
+import pytest
 import torch
 
 from flowmatch.alignment import apply_map, transport_cost
-from flowmatch.gromov import gw_initial_map, normalised_distances
+from flowmatch.gromov import entropic_gw_coupling, gw_initial_map, normalised_distances
 
 
 def _isometric_pair(n=150, seed=0):
@@ -27,6 +28,20 @@ def test_gw_initial_map_recovers_a_rigid_motion_without_pairs():
     torch.testing.assert_close(matrix, torch.from_numpy(q), atol=1e-6, rtol=0)
     torch.testing.assert_close(bias, torch.from_numpy(shift), atol=1e-6, rtol=0)
     assert loss < 1e-10
+
+
+def test_entropic_gw_map_recovers_a_rigid_motion_and_epsilon_blurs_the_coupling():
+    x, y, q, shift = _isometric_pair(seed=2)
+    matrix, bias, _ = gw_initial_map(x, y, x, y, n_samples=150, epsilon=0.01, seed=0)
+    torch.testing.assert_close(matrix, torch.from_numpy(q), atol=0.05, rtol=0)
+    torch.testing.assert_close(bias, torch.from_numpy(shift), atol=0.1, rtol=0)
+    dx, dy = normalised_distances(x), normalised_distances(y)
+    sharp, _ = entropic_gw_coupling(dx, dy, epsilon=0.01)
+    blurred, _ = entropic_gw_coupling(dx, dy, epsilon=10.0)
+    np.testing.assert_allclose(sharp.sum(1), 1 / len(x), atol=1e-6)
+    assert sharp.max() > 10 * blurred.max()  # a large epsilon spreads every row's mass
+    with pytest.raises(ValueError, match="epsilon must be positive"):
+        entropic_gw_coupling(dx, dy, epsilon=0.0)
 
 
 def test_transport_cost_is_zero_for_the_true_map_and_grows_with_a_wrong_one():
