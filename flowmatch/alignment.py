@@ -144,6 +144,7 @@ def refine_map(
     groups: tuple[Any, Any] | None = None,
     group_penalty: float = 0.0,
     kind: str = "affine",
+    pool: int = 1,
 ) -> tuple[Tensor, Tensor]:
     """Refine ``y = x @ matrix.T + bias`` from ``x_a`` towards the cloud ``x_b`` without pairs.
 
@@ -162,6 +163,9 @@ def refine_map(
         extra ``group_penalty`` times the median squared distance, and A's rows are reweighted
         so that each matched group holds the same share of mass on both sides.
     kind : ``"affine"`` or ``"similarity"`` refit.
+    pool : when > 1, one last refit after the ``n_iter`` rounds on the pooled pseudo-pairs of
+        ``pool`` fresh subsamples, each transported under the refined map. Each round's map
+        follows the one subsample it drew; pooling averages that draw out of the returned map.
 
     Returns
     -------
@@ -170,6 +174,8 @@ def refine_map(
     """
     if kind not in _FITTERS:
         raise KeyError(f"unknown map kind {kind!r}; choose from {sorted(_FITTERS)}")
+    if int(pool) != pool or pool < 1:
+        raise ValueError(f"pool must be a positive integer, got {pool}")
     xa, xb = _f64(x_a, "x_a"), _f64(x_b, "x_b")
     matrix = torch.as_tensor(matrix, dtype=torch.float64)
     bias = torch.as_tensor(bias, dtype=torch.float64)
@@ -184,27 +190,61 @@ def refine_map(
             raise ValueError("groups must have one label per row of x_a and x_b")
     rng = np.random.default_rng(seed)
     fit = _FITTERS[kind]
+    group_cost = dict(groups=(ga, gb), group_penalty=group_penalty)
     for _ in range(n_iter):
-        ia = _subsample(len(xa), max_exact, rng)
-        ib = _subsample(len(xb), max_exact, rng)
-        ya = xa[ia] @ matrix.T + bias
-        cost = torch.cdist(ya, xb[ib]).pow(2).numpy()
-        if ga is not None and group_penalty > 0:
-            sa, sb = ga[ia][:, None], gb[ib][None, :]
-            cross = (sa != sb) & (sa >= 0) & (sb >= 0)
-            cost = cost + group_penalty * float(np.median(cost)) * cross
-        source = _balanced_source(ga[ia], gb[ib]) if ga is not None and gb is not None else None
-        plan = torch.from_numpy(transport_plan(cost, reg=reg, a=source))
-        mass = plan.sum(1)
-        keep = mass > 0
-        target = (plan[keep] @ xb[ib]) / mass[keep, None]
-        src, dst, w = xa[ia][keep], target, mass[keep]
-        if anchors is not None:
-            pa, pb = _f64(anchors[0], "anchor sources"), _f64(anchors[1], "anchor targets")
-            w = torch.cat([w / w.sum(), torch.full((len(pa),), anchor_weight / len(src))])
-            src, dst = torch.cat([src, pa]), torch.cat([dst, pb])
-        matrix, bias = fit(src, dst, w)
+        src, dst, w = _pseudo_pairs(xa, xb, matrix, bias, max_exact, reg, rng, **group_cost)
+        matrix, bias = fit(*_with_anchors(src, dst, w, anchors, anchor_weight))
+    if pool > 1:
+        parts = [
+            _pseudo_pairs(xa, xb, matrix, bias, max_exact, reg, rng, **group_cost)
+            for _ in range(pool)
+        ]
+        src, dst, w = (torch.cat(p) for p in zip(*parts))
+        matrix, bias = fit(*_with_anchors(src, dst, w, anchors, anchor_weight))
     return matrix, bias
+
+
+def _pseudo_pairs(
+    xa: Tensor,
+    xb: Tensor,
+    matrix: Tensor,
+    bias: Tensor,
+    max_exact: int,
+    reg: float | None,
+    rng: np.random.Generator,
+    groups: tuple[np.ndarray | None, np.ndarray | None],
+    group_penalty: float,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """One OT round on fresh subsamples: A rows, their barycentric B targets, their masses.
+
+    Returns ``src (m, d_a)``, ``dst (m, d_b)``, ``w (m,)`` for the subsampled A rows that
+    received mass under the plan between the mapped A rows and the B rows.
+    """
+    ga, gb = groups
+    ia = _subsample(len(xa), max_exact, rng)
+    ib = _subsample(len(xb), max_exact, rng)
+    ya = xa[ia] @ matrix.T + bias
+    cost = torch.cdist(ya, xb[ib]).pow(2).numpy()
+    if ga is not None and gb is not None and group_penalty > 0:
+        sa, sb = ga[ia][:, None], gb[ib][None, :]
+        cross = (sa != sb) & (sa >= 0) & (sb >= 0)
+        cost = cost + group_penalty * float(np.median(cost)) * cross
+    source = _balanced_source(ga[ia], gb[ib]) if ga is not None and gb is not None else None
+    plan = torch.from_numpy(transport_plan(cost, reg=reg, a=source))
+    mass = plan.sum(1)
+    keep = mass > 0
+    return xa[ia][keep], (plan[keep] @ xb[ib]) / mass[keep, None], mass[keep]
+
+
+def _with_anchors(
+    src: Tensor, dst: Tensor, w: Tensor, anchors: tuple[Any, Any] | None, anchor_weight: float
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Append known pairs, each weighted like ``anchor_weight`` transported rows."""
+    if anchors is None:
+        return src, dst, w
+    pa, pb = _f64(anchors[0], "anchor sources"), _f64(anchors[1], "anchor targets")
+    w = torch.cat([w / w.sum(), torch.full((len(pa),), anchor_weight / len(src))])
+    return torch.cat([src, pa]), torch.cat([dst, pb]), w
 
 
 def transport_subsample(

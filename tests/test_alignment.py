@@ -52,3 +52,24 @@ def test_refine_map_validates_inputs(gen):
         refine_map(x, x, torch.eye(3), torch.zeros(3), kind="spline")
     with pytest.raises(ValueError, match="weights"):
         fit_affine(x, x, weights=np.ones(4))
+
+
+def test_pooled_refit_averages_the_subsample_draw_out_of_the_map(gen):
+    k = 3
+    scales = torch.tensor([3.0, 1.5, 0.7], dtype=torch.float64)
+    q, c = _rotation(k, gen), torch.randn(k, generator=gen, dtype=torch.float64)
+    xa = torch.randn(3000, k, generator=gen, dtype=torch.float64) * scales
+    xb = (torch.randn(3000, k, generator=gen, dtype=torch.float64) * scales) @ q.T + c
+
+    def spread(pool):
+        maps = [
+            refine_map(xa, xb, q, c, n_iter=2, max_exact=120, kind="similarity", seed=s, pool=pool)
+            for s in range(6)
+        ]
+        matrices = torch.stack([m for m, _ in maps])
+        return float((matrices - matrices.mean(0)).pow(2).sum((1, 2)).mean().sqrt())
+
+    single, pooled = spread(1), spread(16)
+    assert pooled < 0.5 * single  # sixteen subsamples: about a quarter of the spread
+    with pytest.raises(ValueError, match="pool must be a positive integer"):
+        refine_map(xa, xb, q, c, pool=0)
