@@ -221,10 +221,7 @@ def _pseudo_pairs(
     received mass under the plan between the mapped A rows and the B rows.
     """
     ga, gb = groups
-    ia = _subsample(len(xa), max_exact, rng)
-    ib = _subsample(len(xb), max_exact, rng)
-    ya = xa[ia] @ matrix.T + bias
-    cost = torch.cdist(ya, xb[ib]).pow(2).numpy()
+    ia, ib, cost = _mapped_cost(xa, xb, matrix, bias, max_exact, rng)
     if ga is not None and gb is not None and group_penalty > 0:
         sa, sb = ga[ia][:, None], gb[ib][None, :]
         cross = (sa != sb) & (sa >= 0) & (sb >= 0)
@@ -260,10 +257,9 @@ def transport_subsample(
     cost : ndarray  # (m_a, m_b) squared distances from the mapped A rows to the B rows
     """
     xa, xb = _f64(x_a, "x_a"), _f64(x_b, "x_b")
-    rng = np.random.default_rng(seed)
-    ia, ib = _subsample(len(xa), max_exact, rng), _subsample(len(xb), max_exact, rng)
-    ya = xa[ia] @ torch.as_tensor(matrix, dtype=torch.float64).T + torch.as_tensor(bias).double()
-    cost = torch.cdist(ya, xb[ib]).pow(2).numpy()
+    matrix = torch.as_tensor(matrix, dtype=torch.float64)
+    bias = torch.as_tensor(bias, dtype=torch.float64)
+    ia, ib, cost = _mapped_cost(xa, xb, matrix, bias, max_exact, np.random.default_rng(seed))
     return ia, ib, transport_plan(cost), cost
 
 
@@ -294,6 +290,16 @@ def _balanced_source(ga: np.ndarray, gb: np.ndarray) -> np.ndarray:
         if share_b > 0:
             w[in_a] = share_b * len(ga) / in_a.sum()
     return w / w.sum()
+
+
+def _mapped_cost(
+    xa: Tensor, xb: Tensor, matrix: Tensor, bias: Tensor, max_exact: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Subsample each side (A first), map A's rows: ``idx_a (m_a,)``, ``idx_b (m_b,)`` and the
+    squared distances ``cost (m_a, m_b)`` from the mapped A rows to the B rows."""
+    ia, ib = _subsample(len(xa), max_exact, rng), _subsample(len(xb), max_exact, rng)
+    cost = torch.cdist(xa[ia] @ matrix.T + bias, xb[ib]).pow(2).numpy()
+    return ia, ib, cost
 
 
 def _subsample(n: int, m: int, rng: np.random.Generator) -> np.ndarray:
