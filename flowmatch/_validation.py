@@ -7,6 +7,7 @@ names the problem.
 
 from __future__ import annotations
 
+import math
 import random
 from typing import Any
 
@@ -16,11 +17,17 @@ import torch
 __all__ = [
     "NotFittedError",
     "as_matrix",
+    "check_bool",
+    "check_choice",
     "check_fitted",
     "check_finite",
+    "check_int",
+    "check_real",
     "resolve_device",
     "seed_everything",
 ]
+
+MAX_SEED = 2**32 - 1
 
 
 class NotFittedError(RuntimeError):
@@ -28,15 +35,88 @@ class NotFittedError(RuntimeError):
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``"auto"`` → CUDA when available, else CPU; anything else is passed to ``torch.device``."""
+    """``"auto"`` → CUDA when available, else CPU; anything else is passed to ``torch.device``.
+
+    Raises ``ValueError`` for a string that names no device and for CUDA without CUDA.
+    """
     if isinstance(device, torch.device):
         return device
+    if not isinstance(device, str):
+        raise TypeError(f"device must be a string such as 'cpu' or 'cuda', got {device!r}")
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise ValueError(
+            f"device={device!r} is not a device; use 'auto', 'cpu', 'cuda' or 'cuda:N'"
+        ) from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device={device!r} was requested but CUDA is not available")
+    if dev.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"device={device!r} is not supported; use 'auto', 'cpu' or 'cuda'")
     return dev
+
+
+# ----------------------------------------------------------------------------- parameters
+def check_int(
+    name: str, value: Any, low: int | None = None, high: int | None = None, *, none: bool = False
+) -> None:
+    """Raise unless ``value`` is an int (not a bool, not a float) in ``[low, high]``
+    (or None when ``none``)."""
+    if value is None and none:
+        return
+    if isinstance(value, bool) or not isinstance(value, int | np.integer):
+        allowed = "an int or None" if none else "an int"
+        raise TypeError(f"{name} must be {allowed}, got {value!r}")
+    if (low is not None and value < low) or (high is not None and value > high):
+        raise ValueError(f"{name} must be {_range(low, high)}, got {value}")
+
+
+def check_real(
+    name: str,
+    value: Any,
+    low: float | None = None,
+    high: float | None = None,
+    *,
+    low_open: bool = False,
+    high_open: bool = False,
+    none: bool = False,
+) -> None:
+    """Raise unless ``value`` is a finite real number (int or float, not a bool) within the
+    bounds (open or closed), or None when ``none``."""
+    if value is None and none:
+        return
+    if isinstance(value, bool) or not isinstance(value, int | float | np.integer | np.floating):
+        allowed = "a number or None" if none else "a number"
+        raise TypeError(f"{name} must be {allowed}, got {value!r}")
+    v = float(value)
+    bad = not math.isfinite(v)
+    bad |= low is not None and (v <= low if low_open else v < low)
+    bad |= high is not None and (v >= high if high_open else v > high)
+    if bad:
+        lo = "" if low is None else f"{'>' if low_open else '>='} {low}"
+        hi = "" if high is None else f"{'<' if high_open else '<='} {high}"
+        rule = " and ".join(r for r in (lo, hi) if r)
+        raise ValueError(f"{name} must be finite{' and ' + rule if rule else ''}, got {value}")
+
+
+def check_choice(name: str, value: Any, choices: tuple[Any, ...]) -> None:
+    """Raise unless ``value`` is one of ``choices``."""
+    if isinstance(value, bool) or value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}; got {value!r}")
+
+
+def check_bool(name: str, value: Any) -> None:
+    """Raise unless ``value`` is True or False."""
+    if not isinstance(value, bool | np.bool_):
+        raise TypeError(f"{name} must be True or False, got {value!r}")
+
+
+def _range(low: int | None, high: int | None) -> str:
+    if low is not None and high is not None:
+        return f"between {low} and {high}"
+    return f">= {low}" if low is not None else f"<= {high}"
 
 
 def seed_everything(seed: int) -> torch.Generator:
@@ -80,27 +160,59 @@ def as_matrix(
     if hasattr(x, "x") and isinstance(x.x, torch.Tensor):  # ActivationSet
         x = x.x
     if isinstance(x, np.ndarray):
+        _check_numpy_dtype(x, name)
         t = torch.from_numpy(np.ascontiguousarray(x))
     elif isinstance(x, torch.Tensor):
         t = x.detach()
     else:
         try:
-            t = torch.as_tensor(np.asarray(x))
+            arr = np.asarray(x)
         except (TypeError, ValueError) as err:
             raise TypeError(f"{name} must be an array or tensor, got {type(x).__name__}") from err
+        _check_numpy_dtype(arr, name)
+        t = torch.as_tensor(arr)
+    if t.is_complex():
+        raise TypeError(
+            f"{name} holds complex values; flowmatch works on real activations "
+            "(pass x.real explicitly if that is what you mean)"
+        )
     if t.ndim != 2:
         raise ValueError(f"{name} must be 2-D (n_samples, n_features), got shape {tuple(t.shape)}")
     if not t.is_floating_point():
         t = t.to(torch.float32)
-    if dtype is not None:
-        t = t.to(dtype)
     n, d = t.shape
     if n < min_samples:
         raise ValueError(f"{name} has {n} samples; at least {min_samples} are needed")
     if dim is not None and d != dim:
         raise ValueError(f"{name} has {d} features but {dim} were expected (dimension mismatch)")
     check_finite(t, name)
+    if dtype is not None and dtype != t.dtype:
+        t = _cast(t, dtype, name)
     return t
+
+
+def _check_numpy_dtype(arr: np.ndarray, name: str) -> None:
+    if arr.dtype.names is not None:
+        raise TypeError(f"{name} is a structured array; a plain numeric matrix is needed")
+    if arr.dtype.kind == "c":
+        raise TypeError(
+            f"{name} holds complex values; flowmatch works on real activations "
+            "(pass x.real explicitly if that is what you mean)"
+        )
+    if arr.dtype.kind not in "fiub":
+        raise TypeError(f"{name} holds {arr.dtype} values; a numeric matrix is needed")
+
+
+def _cast(t: torch.Tensor, dtype: torch.dtype, name: str) -> torch.Tensor:
+    """``t.to(dtype)``; finite values that overflow ``dtype`` raise a ``ValueError``."""
+    out = t.to(dtype)
+    if out.is_floating_point() and not bool(torch.isfinite(out).all()):
+        big = float(t.abs().max())
+        raise ValueError(
+            f"{name} holds finite values up to {big:.3g} that overflow "
+            f"{str(dtype).replace('torch.', '')}; rescale them or work in float64"
+        )
+    return out
 
 
 def check_fitted(estimator: Any, attribute: str) -> None:

@@ -24,7 +24,14 @@ import numpy as np
 import torch
 
 from flowmatch._merge_tree import MergeForest, Pruning, build_forest, knn_graph, prune
-from flowmatch._validation import as_matrix, check_fitted
+from flowmatch._validation import (
+    MAX_SEED,
+    as_matrix,
+    check_bool,
+    check_fitted,
+    check_int,
+    check_real,
+)
 
 __all__ = ["DensityTree"]
 
@@ -130,6 +137,7 @@ class DensityTree:
         -------
         self
         """
+        self.validate_params()
         if labels is None and isinstance(getattr(x, "labels", None), torch.Tensor):
             labels = x.labels
         xt = as_matrix(x, "x", min_samples=2)
@@ -160,6 +168,7 @@ class DensityTree:
         -------
         self
         """
+        self.validate_params()
         zt = as_matrix(z, "z", min_samples=2, dtype=torch.float64)
         n = len(zt)
         f = _as_vector(log_density, "log_density", n).astype(np.float64)
@@ -188,15 +197,25 @@ class DensityTree:
         rng = np.random.default_rng(self.seed)
         return np.sort(rng.choice(n, size=int(self.max_points), replace=False))
 
-    def _check_params(self) -> None:
+    def validate_params(self) -> None:
+        """Check every hyperparameter (types and finite ranges); ``fit`` calls this first.
+
+        Raises ``TypeError`` or ``ValueError`` naming the first bad parameter, e.g.
+        ``min_prominence must be finite and >= 0.0, got nan``.
+        """
+        check_int("k_neighbors", self.k_neighbors, 1)
+        check_int("n_modes", self.n_modes, 1, none=True)
+        check_real("min_prominence", self.min_prominence, 0.0, none=True)
         if self.n_modes is not None and self.min_prominence is not None:
             raise ValueError("give at most one of n_modes and min_prominence")
-        if self.n_modes is not None and self.n_modes < 1:
-            raise ValueError(f"n_modes must be at least 1, got {self.n_modes}")
-        if self.k_neighbors < 1:
-            raise ValueError(f"k_neighbors must be at least 1, got {self.k_neighbors}")
-        if self.max_points is not None and self.max_points < 2:
-            raise ValueError(f"max_points must be at least 2, got {self.max_points}")
+        check_int("max_points", self.max_points, 2, none=True)
+        check_int("seed", self.seed, 0, MAX_SEED)
+        check_int("n_jobs", self.n_jobs, -1)
+        if self.n_jobs == 0:
+            raise ValueError("n_jobs must be -1 (all cores) or >= 1, got 0")
+        check_bool("progress", self.progress)
+
+    _check_params = validate_params
 
     def _fit(
         self,

@@ -5,6 +5,8 @@ All functions take matrices (n, d_b) of predicted and true activations for the *
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import torch
 from torch import Tensor, nn
@@ -23,11 +25,24 @@ def _pair(pred: object, true: object) -> tuple[Tensor, Tensor]:
 
 
 def r2_score(pred: object, true: object) -> float:
-    """Coefficient of determination, pooled over features: 1 − SS_res / SS_tot."""
+    """Coefficient of determination, pooled over features: 1 − SS_res / SS_tot.
+
+    Needs at least 2 rows (``ValueError`` otherwise). When the true activations are constant
+    (SS_tot = 0) R² is undefined: the result is NaN, with a ``RuntimeWarning``.
+    """
     p, t = _pair(pred, true)
+    if len(t) < 2:
+        raise ValueError(f"R² needs at least 2 rows, got {len(t)}")
     ss_res = ((t - p) ** 2).sum()
     ss_tot = ((t - t.mean(0)) ** 2).sum()
-    return float(1.0 - ss_res / ss_tot.clamp_min(1e-300))
+    if not float(ss_tot) > 0.0:
+        warnings.warn(
+            "R² is undefined: the true activations are constant (zero variance); returning NaN",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        return float("nan")
+    return float(1.0 - ss_res / ss_tot)
 
 
 def mean_cosine(pred: object, true: object) -> float:
