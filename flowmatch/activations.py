@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from flowmatch._io import load_state, save_state
+from flowmatch._io import ArtefactError, check_input_file, load_state, save_state
 from flowmatch._validation import check_finite, resolve_device
 
 __all__ = ["ActivationSet", "collect", "find_module"]
@@ -66,24 +66,76 @@ class ActivationSet:
         return ActivationSet(self.x[idx], labels, meta)
 
     def save(self, path: str | os.PathLike) -> None:
-        """Write ``path`` (.safetensors with a JSON header), atomically."""
+        """Write ``path`` (.safetensors with a JSON header), atomically; an existing ``path``
+        must be an ActivationSet file (see :mod:`flowmatch.outputs`)."""
         tensors = {"x": self.x}
         if self.labels is not None:
             tensors["labels"] = self.labels
-        save_state(path, tensors, {"kind": "ActivationSet", **self.meta})
+        save_state(path, tensors, self.meta, kind="ActivationSet")
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> ActivationSet:
-        """Read an ActivationSet written by :meth:`save`, or a bare ``.npy`` matrix."""
-        if str(path).endswith(".npy"):
-            arr = np.load(path, allow_pickle=False)
-            x = torch.as_tensor(arr, dtype=torch.float32)
-            check_finite(x, str(path))
-            return cls(x, None, {"source": str(path)})
-        tensors, meta = load_state(path)
-        if meta.pop("kind", None) != "ActivationSet" or "x" not in tensors:
-            raise ValueError(f"{path} does not hold an ActivationSet")
-        return cls(tensors["x"], tensors.get("labels"), meta)
+        """Read an ActivationSet written by :meth:`save`, or a bare ``.npy`` matrix (n, d).
+
+        The format is told by the file's content (NumPy's magic bytes), not by its suffix.
+        A file that is neither, or holds anything but a finite real matrix, raises a
+        ``ValueError`` that names the file.
+        """
+        p = check_input_file(path, "activation file (.safetensors or .npy)")
+        with open(p, "rb") as f:
+            magic = f.read(6)
+        if magic == b"\x93NUMPY":
+            return cls(_load_npy(p), None, {"source": str(p)})
+        if magic[:4] == b"PK\x03\x04":
+            raise ArtefactError(
+                f"{p} is a zip archive (.npz?); save one (n, d) matrix with numpy.save instead"
+            )
+        if p.suffix.lower() == ".npy":
+            raise ArtefactError(f"{p} is not a .npy file (no NumPy header)")
+        art = load_state(p, "ActivationSet")
+        art.check_tensor_names({"x", "labels"})
+        x = art.tensor("x", "float", (None, None), finite=False)
+        check_finite(x, str(p))
+        labels = None
+        if "labels" in art.tensors:
+            labels = art.tensor("labels", _INT_DTYPES, (len(x),)).long()
+        meta = dict(art.meta)
+        if art.version == 0:
+            meta.pop("kind", None)
+        return cls(x, labels, meta)
+
+
+_INT_DTYPES = (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8)
+
+
+def _load_npy(path: os.PathLike) -> Tensor:
+    """A finite real (n, d) matrix from a .npy file, as float32."""
+    try:
+        arr = np.load(path, allow_pickle=False)
+    except (ValueError, EOFError, OSError) as err:
+        raise ArtefactError(f"{path} is not a readable .npy file ({err})") from None
+    if arr.dtype.names is not None:
+        raise ArtefactError(f"{path} holds a structured array; a plain (n, d) matrix is needed")
+    if arr.dtype.kind == "c":
+        raise ArtefactError(
+            f"{path} holds complex values; activations must be real (save x.real if intended)"
+        )
+    if arr.dtype.kind not in "fiub":
+        raise ArtefactError(f"{path} holds {arr.dtype} values; activations must be numbers")
+    if arr.ndim != 2:
+        raise ArtefactError(
+            f"{path} holds an array of shape {arr.shape}; activations must be a 2-D (n, d) matrix"
+        )
+    with np.errstate(over="ignore"):
+        x32 = arr.astype(np.float32)
+    if not np.isfinite(x32).all() and np.isfinite(arr).all():
+        big = float(np.abs(arr).max())
+        raise ArtefactError(
+            f"{path} holds values up to {big:.3g}, beyond float32; rescale the activations"
+        )
+    x = torch.from_numpy(x32)
+    check_finite(x, str(path))
+    return x
 
 
 def find_module(model: nn.Module, layer: str) -> nn.Module:

@@ -11,15 +11,14 @@ The run folder holds ``report.html`` (self-contained), ``figures/`` (its figures
 the seed: no wall times, no dates), ``timings.json`` and ``translation/`` (the latent map and
 both autoencoders, safetensors + JSON). Everything is first written to a hidden staging folder
 beside the run folder, which replaces the run folder only when every file is complete: an
-interrupted or failed run leaves the previous results untouched and no partial files.
+interrupted or failed run leaves the previous results untouched and no partial files. The run
+folder is checked before anything is computed: it must be new, empty, or a run folder
+flowmatch wrote with nothing else in it (:mod:`flowmatch.outputs`).
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
-import shutil
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, replace
@@ -34,6 +33,7 @@ from flowmatch import metrics
 from flowmatch._io import write_json
 from flowmatch._validation import seed_everything
 from flowmatch.config import Config
+from flowmatch.outputs import staged_folder
 
 __all__ = ["STAGES", "RunResult", "run_pipeline"]
 
@@ -85,38 +85,6 @@ class _Stages:
     def close(self) -> None:
         self.bar.set_description("flowmatch run: done")
         self.bar.close()
-
-
-@contextlib.contextmanager
-def _staging(target: Path) -> Iterator[Path]:
-    """A hidden folder beside ``target`` that replaces it on success and is removed otherwise."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
-    try:
-        yield tmp
-        _default_permissions(tmp)
-        old = None
-        if target.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
-            os.replace(target, old / target.name)
-        try:
-            os.replace(tmp, target)
-        except BaseException:
-            if old is not None:
-                os.replace(old / target.name, target)
-            raise
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _default_permissions(root: Path) -> None:
-    """Give the staged tree the permissions of ordinary new files (temporary files are private)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    for path in [root, *root.rglob("*")]:
-        path.chmod((0o777 if path.is_dir() else 0o666) & ~umask)
 
 
 def _translate_params(config: Config) -> dict[str, Any]:
@@ -272,7 +240,7 @@ def run_pipeline(config: Config, *, progress: bool = True) -> RunResult:
     seed = config.seed
     target = config.run_dir()
     try:
-        with _staging(target) as tmp:
+        with staged_folder(target, "run") as tmp:
             with stage("zoo models"):
                 seed_everything(seed)
                 pair = load_pair(config.pair)

@@ -238,14 +238,16 @@ class Report:
         body = "\n".join(b.html for b in self._blocks)
         return (
             '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+            '<meta name="generator" content="flowmatch">'
             '<meta name="viewport" content="width=device-width, initial-scale=1">'
             f"<title>{esc(self.title)}</title><style>{_CSS}</style></head>\n"
             f"<body><main><h1>{esc(self.title)}</h1>{sub}{toc}\n{body}\n</main></body></html>\n"
         )
 
     def to_html(self, path: str | os.PathLike) -> Path:
-        """Write :meth:`render` to ``path`` atomically (temporary file, then rename)."""
-        return atomic_write_text(path, self.render())
+        """Write :meth:`render` to ``path`` atomically (temporary file, then rename); an
+        existing ``path`` must be a report flowmatch wrote (:mod:`flowmatch.outputs`)."""
+        return atomic_write_text(path, self.render(), kind="report")
 
     def __repr__(self) -> str:
         return f"Report({self.title!r}, figures={self.n_figures}, tables={self.n_tables})"

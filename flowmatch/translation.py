@@ -16,8 +16,6 @@ coordinates give the better maps and the more reliable choice between starts (RE
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,7 +26,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from flowmatch import metrics
-from flowmatch._io import load_state, save_state
+from flowmatch._io import ArtefactError, load_state, save_state
 from flowmatch._validation import as_matrix, check_fitted
 from flowmatch.alignment import (
     fit_similarity,
@@ -38,6 +36,7 @@ from flowmatch.alignment import (
 )
 from flowmatch.gromov import gw_initial_map
 from flowmatch.matching import TreeMatching, match_trees, matching_from_transport
+from flowmatch.outputs import staged_folder
 
 __all__ = ["Translation", "TranslationScore", "translate"]
 
@@ -171,67 +170,63 @@ class Translation:
 
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | os.PathLike) -> Path:
-        """Write a folder: ``translation.safetensors`` and both autoencoders; atomic rename."""
-        target = Path(path)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-        try:
+        """Write a folder: ``translation.safetensors``, both autoencoders and a marker.
+
+        The folder is written beside ``path`` and then replaces it (old aside, new in, old
+        deleted); an existing ``path`` must be an empty folder or a Translation folder written
+        by flowmatch with nothing else in it (:mod:`flowmatch.outputs`).
+        """
+        with staged_folder(path, "Translation") as tmp:
             tensors = {"matrix": self.matrix_, "bias": self.bias_}
-            meta: dict[str, Any] = {"kind": "Translation", "info": self.info_, "space": self.space_}
+            meta: dict[str, Any] = {"info": self.info_, "space": self.space_}
             if self.matching_ is not None:
                 m = self.matching_
                 tensors.update(
-                    leaf_pairs=torch.as_tensor(m.leaf_pairs),
-                    confidence=torch.as_tensor(m.confidence),
-                    coupling=torch.as_tensor(m.coupling),
+                    leaf_pairs=torch.as_tensor(np.asarray(m.leaf_pairs, dtype=np.int64)),
+                    confidence=torch.as_tensor(np.asarray(m.confidence, dtype=np.float64)),
+                    coupling=torch.as_tensor(np.asarray(m.coupling, dtype=np.float64)),
                 )
                 meta["matching"] = {
-                    "cost": m.cost,
-                    "n_candidates": m.n_candidates,
+                    "cost": float(m.cost),
+                    "n_candidates": int(m.n_candidates),
                     "method": m.method,
                     "node_pairs": [[str(a), str(b)] for a, b in m.node_pairs],
                 }
-            save_state(tmp / "translation.safetensors", tensors, meta)
+            save_state(tmp / "translation.safetensors", tensors, meta, kind="Translation")
             self.autoencoder_a_.save(tmp / "autoencoder_a.safetensors")
             self.autoencoder_b_.save(tmp / "autoencoder_b.safetensors")
-            if target.exists():
-                shutil.rmtree(target)
-            os.replace(tmp, target)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        return target
+        return Path(path)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Translation:
-        """Read a folder written by :meth:`save` (trees are not stored)."""
+        """Read a folder written by :meth:`save` (trees are not stored).
+
+        Every entry is checked; a bad folder raises ``ValueError`` naming the file and entry.
+        """
         from flowmatch.autoencoder import FlowAutoencoder
 
         path = Path(path)
-        tensors, meta = load_state(path / "translation.safetensors")
-        if meta.get("kind") != "Translation":
-            raise ValueError(f"{path} does not hold a Translation")
-        matching = None
-        if "leaf_pairs" in tensors:
-            mm = meta["matching"]
-            matching = TreeMatching(
-                leaf_pairs=tensors["leaf_pairs"].numpy(),
-                confidence=tensors["confidence"].numpy(),
-                node_pairs=tuple(tuple(p) for p in mm["node_pairs"]),
-                coupling=tensors["coupling"].numpy(),
-                cost=mm["cost"],
-                n_candidates=mm["n_candidates"],
-                method=mm["method"],
+        if not path.exists():
+            raise FileNotFoundError(f"no translation folder at {path}")
+        if not path.is_dir():
+            raise ArtefactError(
+                f"{path} is a file; a translation folder (Translation.save) is needed"
             )
-        return cls(
-            FlowAutoencoder.load(path / "autoencoder_a.safetensors"),
-            FlowAutoencoder.load(path / "autoencoder_b.safetensors"),
-            tensors["matrix"],
-            tensors["bias"],
-            matching,
-            info=meta.get("info"),
-            space=meta.get("space", "latent"),
-        )
+        art = load_state(path / "translation.safetensors", "Translation")
+        art.check_tensor_names({"matrix", "bias", "leaf_pairs", "confidence", "coupling"})
+        ae_a = FlowAutoencoder.load(path / "autoencoder_a.safetensors")
+        ae_b = FlowAutoencoder.load(path / "autoencoder_b.safetensors")
+        k_a, k_b = int(ae_a.latent_dim_), int(ae_b.latent_dim_)
+        matrix = art.tensor("matrix", torch.float64, (k_b, k_a))
+        bias = art.tensor("bias", torch.float64, (k_b,))
+        space = art.field("space", str) if "space" in art.meta or art.version else "latent"
+        if space not in _SPACES:
+            raise art.error(f"metadata entry 'space' must be one of {_SPACES}, got {space!r}")
+        info = art.meta.get("info", {})
+        if not isinstance(info, dict):
+            raise art.error("metadata entry 'info' must be an object")
+        matching = _load_matching(art) if "leaf_pairs" in art.tensors else None
+        return cls(ae_a, ae_b, matrix, bias, matching, info=info, space=space)
 
     def __repr__(self) -> str:
         k_b, k_a = self.matrix_.shape
@@ -240,6 +235,27 @@ class Translation:
             f"Translation(d_a={self.d_a}, d_b={self.d_b}, k_a={k_a}, k_b={k_b}, "
             f"space={self.space_!r}, matched_modes={n})"
         )
+
+
+def _load_matching(art: Any) -> TreeMatching:
+    """The stored :class:`TreeMatching` of a Translation file, every entry checked."""
+    mm = art.field("matching", dict)
+    pairs = art.tensor("leaf_pairs", torch.int64, (None, 2))
+    m = len(pairs)
+    confidence = art.tensor("confidence", "float", (m,))
+    coupling = art.tensor("coupling", "float", (None, None))
+    node_pairs = art.field("node_pairs", list, mm)
+    if not all(isinstance(p, list) and len(p) == 2 for p in node_pairs):
+        raise art.error("'matching' entry 'node_pairs' must be a list of pairs")
+    return TreeMatching(
+        leaf_pairs=pairs.numpy(),
+        confidence=confidence.double().numpy(),
+        node_pairs=tuple(tuple(p) for p in node_pairs),
+        coupling=coupling.double().numpy(),
+        cost=float(art.field("cost", (int, float), mm)),
+        n_candidates=art.field("n_candidates", int, mm),
+        method=art.field("method", str, mm),
+    )
 
 
 # ---------------------------------------------------------------------- fitting helpers

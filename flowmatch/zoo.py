@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from flowmatch._io import load_state, save_state
+from flowmatch._io import ArtefactError, load_state, save_state
 from flowmatch.activations import ActivationSet, collect
 
 __all__ = [
@@ -159,10 +159,8 @@ def train_model(spec: ModelSpec, *, cache: bool = True) -> tuple[nn.Sequential, 
     data = load_dataset(spec.dataset)
     model = build_model(spec, data.x_train.shape[1])
     path = cache_dir() / "zoo" / f"{spec.arch}-{spec.dataset}-{spec.key()}.safetensors"
-    if cache and path.exists():
-        tensors, info = load_state(path)
-        model.load_state_dict(tensors)
-        return model.eval(), info
+    if cache and os.path.lexists(path):
+        return _load_cached(path, model)
     gen = torch.Generator().manual_seed(spec.seed)
     opt = torch.optim.Adam(model.parameters(), lr=spec.lr, weight_decay=spec.weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=spec.epochs)
@@ -181,7 +179,25 @@ def train_model(spec: ModelSpec, *, cache: bool = True) -> tuple[nn.Sequential, 
         "test_accuracy": accuracy(model, data.x_test, data.y_test),
     }
     if cache:
-        save_state(path, model.state_dict(), info)
+        save_state(path, model.state_dict(), info, kind="ZooModel")
+    return model.eval(), info
+
+
+def _load_cached(path: Path, model: nn.Module) -> tuple[nn.Module, dict[str, Any]]:
+    """A cached zoo model, every tensor checked against ``model``'s (names, dtypes, shapes)."""
+    try:
+        art = load_state(path, "ZooModel", legacy_kind=True)
+        expected = model.state_dict()
+        art.check_tensor_names(expected)
+        state = {k: art.tensor(k, v.dtype, tuple(v.shape)) for k, v in expected.items()}
+        info = art.meta
+        if not isinstance(info.get("test_accuracy"), float):
+            raise art.error("metadata entry 'test_accuracy' is missing or not a number")
+    except ValueError as err:
+        raise ArtefactError(
+            f"{err}; this is the zoo model cache: delete {path} and the model is retrained"
+        ) from None
+    model.load_state_dict(state)
     return model.eval(), info
 
 

@@ -57,6 +57,7 @@ def test_run_writes_every_artefact(first_run):
     assert result.run_dir == run and result.report == run / "report.html"
     names = sorted(p.relative_to(run).as_posix() for p in run.rglob("*"))
     assert names == [
+        ".flowmatch.json",
         "figures",
         "figures/01_density_trees_of_model.png",
         "figures/02_0_dimensional_persistence_diagrams.png",
@@ -67,6 +68,7 @@ def test_run_writes_every_artefact(first_run):
         "report.html",
         "timings.json",
         "translation",
+        "translation/.flowmatch.json",
         "translation/autoencoder_a.safetensors",
         "translation/autoencoder_b.safetensors",
         "translation/translation.safetensors",

@@ -26,11 +26,14 @@ from typing import Any
 
 from flowmatch.benchmarks._common import (
     environment,
+    nonnegative_int,
+    positive_int,
     print_table,
     run_as_script,
     timer,
     write_result,
 )
+from flowmatch.outputs import figures_folder
 
 __all__ = ["add_arguments", "run"]
 
@@ -43,12 +46,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--all-measures", action="store_true", help="also fit the other measures (model A)"
     )
-    parser.add_argument("--n-steps", type=int, default=300, help="Adam steps per rotated layer")
+    parser.add_argument(
+        "--n-steps", type=positive_int, default=300, help="Adam steps per rotated layer"
+    )
     parser.add_argument("--threshold", type=float, default=0.01, help="near-zero threshold")
     parser.add_argument("--truncation", type=float, default=1e-8, help="LIB/PCA truncation")
     parser.add_argument("--no-compare", action="store_true", help="skip the comparison rows")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=None, help="torch threads")
+    parser.add_argument("--seed", type=nonnegative_int, default=0)
+    parser.add_argument("--threads", type=positive_int, default=None, help="torch threads")
     parser.add_argument("--json", default=None, metavar="PATH", help="write the results here")
 
 
@@ -282,9 +287,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     torch.manual_seed(args.seed)
     env = environment(args.seed)
     print("environment: " + ", ".join(f"{k}={v}" for k, v in env.items()))
-    out = Path(args.out) if args.out else None
-    if out:
-        out.mkdir(parents=True, exist_ok=True)
+    out = figures_folder(args.out) if args.out else None
     pair = load_pair(args.pair)
     x = pair.data.x_train
     result: dict[str, Any] = {"benchmark": "interp", "env": env, "pair": args.pair}

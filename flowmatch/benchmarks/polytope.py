@@ -54,11 +54,14 @@ from baselines.polytope import (
 from flowmatch._validation import resolve_device, seed_everything
 from flowmatch.benchmarks._common import (
     environment,
+    nonnegative_int,
+    positive_int,
     print_table,
     run_as_script,
     timer,
     write_result,
 )
+from flowmatch.outputs import figures_folder
 from flowmatch.zoo import ModelSpec, build_model, list_pairs, load_pair
 
 __all__ = ["add_arguments", "layer_density_figure", "run"]
@@ -68,25 +71,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Command-line options of the polytope benchmark."""
     parser.add_argument("--pairs", nargs="*", default=None, help="zoo pairs (default: all)")
     parser.add_argument(
-        "--n-pairs", type=int, default=300, help="starts (= paths of each kind) per model"
+        "--n-pairs",
+        type=nonnegative_int,
+        default=300,
+        help="starts (= paths of each kind) per model",
     )
-    parser.add_argument("--n-steps", type=int, default=256, help="points per path")
+    parser.add_argument("--n-steps", type=positive_int, default=256, help="points per path")
     parser.add_argument("--count", default="hamming", choices=["hamming", "regions"])
-    parser.add_argument("--n-boot", type=int, default=2000, help="bootstrap resamples")
-    parser.add_argument("--n-cluster", type=int, default=1500, help="rows clustered per model")
-    parser.add_argument("--min-cluster-size", type=int, default=15, help="HDBSCAN")
-    parser.add_argument("--k", type=int, default=10, help="k-means clusters")
+    parser.add_argument("--n-boot", type=positive_int, default=2000, help="bootstrap resamples")
+    parser.add_argument(
+        "--n-cluster", type=positive_int, default=1500, help="rows clustered per model"
+    )
+    parser.add_argument("--min-cluster-size", type=positive_int, default=15, help="HDBSCAN")
+    parser.add_argument("--k", type=positive_int, default=10, help="k-means clusters")
     parser.add_argument("--no-method", action="store_true", help="skip the translation row")
     parser.add_argument(
         "--no-control", action="store_true", help="skip the randomly initialised control"
     )
     parser.add_argument(
         "--check-paths",
-        type=int,
+        type=nonnegative_int,
         default=100,
         help="paths of each kind re-measured at twice --n-steps (resolution check; 0 skips)",
     )
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=nonnegative_int, default=0)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--out", default=None, help="directory for PNG figures")
     parser.add_argument("--json", default=None, help="write results to this JSON file")
@@ -456,9 +464,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     device = str(resolve_device(args.device))
     env = environment(args.seed, device)
     print("environment:", env)
-    out = Path(args.out) if args.out else None
-    if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
+    out = figures_folder(args.out) if args.out else None
     rows: list[dict[str, Any]] = []
     cluster_rows: list[dict[str, Any]] = []
     method_rows: list[dict[str, Any]] = []
