@@ -77,9 +77,19 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from flowmatch._gmm import GaussianMixture
-from flowmatch._io import load_state, save_state
-from flowmatch._validation import as_matrix, check_fitted, resolve_device
+from flowmatch._io import Artefact, load_state, save_state
+from flowmatch._validation import (
+    MAX_SEED,
+    as_matrix,
+    check_bool,
+    check_choice,
+    check_fitted,
+    check_int,
+    check_real,
+    resolve_device,
+)
 from flowmatch.flows import Flow, get_flow
+from flowmatch.outputs import check_file_output
 
 __all__ = ["FlowAutoencoder"]
 
@@ -172,10 +182,10 @@ class FlowAutoencoder:
     mixture_weights_ : Tensor  # (K,)
     mixture_means_ : Tensor  # (K, k)
     mixture_covariances_ : Tensor  # (K, k, k), full covariances (diagonal if "diag")
-    history_ : dict  # per-epoch "train_nll", "val_nll" (nats/dim), "seconds"
+    history_ : dict  # per-epoch "train_nll", "val_nll" (nats/dim), "seconds" (not saved)
     n_epochs_ : int  # epochs run; ``best_epoch_`` the one restored
-    fit_seconds_ : float
-    train_samples_per_second_ : float
+    fit_seconds_ : float  # None after :meth:`load` (timings are not saved)
+    train_samples_per_second_ : float  # None after :meth:`load`
     """
 
     def __init__(
@@ -252,25 +262,39 @@ class FlowAutoencoder:
     def __repr__(self) -> str:
         return f"FlowAutoencoder(latent_dim={self.latent_dim!r}, flow={self.flow!r}, ...)"
 
-    def _check_params(self) -> None:
+    def validate_params(self) -> None:
+        """Check every hyperparameter (types and finite ranges); ``fit`` calls this first.
+
+        Raises ``TypeError`` or ``ValueError`` naming the first bad parameter, e.g.
+        ``max_epochs must be >= 1, got 0``; an unknown flow raises ``KeyError``.
+        """
         get_flow(self.flow)
-        if self.dtype not in _DTYPES:
-            raise ValueError(f"dtype must be 'float32' or 'float64', got {self.dtype!r}")
-        if self.on_constant not in ("drop", "error"):
-            raise ValueError(f"on_constant must be 'drop' or 'error', got {self.on_constant!r}")
-        if self.latent_dim != "auto" and (
-            not isinstance(self.latent_dim, int | np.integer) or self.latent_dim < 1
-        ):
-            raise ValueError(f"latent_dim must be a positive int or 'auto', got {self.latent_dim}")
-        for name in ("n_components", "d_flow", "hidden", "batch_size", "patience"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if not (math.isfinite(self.training_noise) and self.training_noise >= 0.0):
-            raise ValueError(f"training_noise must be finite and >= 0, got {self.training_noise}")
-        if not 0.0 <= self.validation_fraction < 1.0:
-            raise ValueError("validation_fraction must lie in [0, 1)")
-        if not 0.0 < self.explained_variance <= 1.0:
-            raise ValueError("explained_variance must lie in (0, 1]")
+        if self.latent_dim != "auto":
+            check_int("latent_dim", self.latent_dim, 1)
+        for name in ("n_components", "d_flow", "hidden", "min_latent_dim", "batch_size"):
+            check_int(name, getattr(self, name), 1)
+        for name in ("max_epochs", "patience", "checkpoint_every"):
+            check_int(name, getattr(self, name), 1)
+        check_int("max_steps", self.max_steps, 1, none=True)
+        check_int("seed", self.seed, 0, MAX_SEED)
+        if self.flow_options is not None and not isinstance(self.flow_options, dict):
+            raise TypeError(f"flow_options must be a dict or None, got {self.flow_options!r}")
+        check_choice("covariance_type", self.covariance_type, ("full", "diag"))
+        check_real("explained_variance", self.explained_variance, 0.0, 1.0, low_open=True)
+        check_real("reconstruction_weight", self.reconstruction_weight, 0.0)
+        check_real("training_noise", self.training_noise, 0.0)
+        check_real("lr", self.lr, 0.0, low_open=True)
+        check_real("validation_fraction", self.validation_fraction, 0.0, 1.0, high_open=True)
+        check_real("min_variance", self.min_variance, 0.0, low_open=True)
+        check_choice("on_constant", self.on_constant, ("drop", "error"))
+        check_real("max_time", self.max_time, 0.0, low_open=True, none=True)
+        if self.checkpoint is not None and not isinstance(self.checkpoint, str | os.PathLike):
+            raise TypeError(f"checkpoint must be a path or None, got {self.checkpoint!r}")
+        check_bool("progress", self.progress)
+        check_choice("dtype", self.dtype, tuple(_DTYPES))
+        resolve_device(self.device)
+
+    _check_params = validate_params
 
     # ------------------------------------------------------------------ preprocessing
     def _fit_preprocessing(self, x: Tensor) -> None:
@@ -300,16 +324,30 @@ class FlowAutoencoder:
         self.n_features_modelled_ = dp
         if dp < 2:
             raise ValueError(f"x has {dp} non-constant column; at least 2 are needed")
-        self.mean_ = xk.mean(0)
-        xc = xk - self.mean_
+        # far from 1, work on x times a power of two (exact) so that the covariance of huge
+        # (1e200) or tiny values neither over- nor underflows; otherwise on x itself
+        big = float(xk.abs().max())
+        f = 1.0 if 1e-100 < big < 1e100 else 2.0 ** -round(math.log2(big))
+        xn = xk * f
+        mean_n = xn.mean(0)
+        xc = xn - mean_n
         cov = xc.T @ xc / n
         evals, evecs = torch.linalg.eigh(cov)
         evals, evecs = evals.flip(0).clamp_min(0.0), evecs.flip(1)
         sign = torch.sign(evecs[evecs.abs().argmax(0), torch.arange(dp)])
         evecs = evecs * torch.where(sign == 0, 1.0, sign)
-        self.scale_ = float(math.sqrt(float(evals.sum()) / dp))
+        scale_n = math.sqrt(float(evals.sum()) / dp)
+        self.mean_ = mean_n / f
+        self.scale_ = float(scale_n / f)
+        if not (
+            math.isfinite(self.scale_) and self.scale_ > 0 and torch.isfinite(self.mean_).all()
+        ):
+            raise ValueError(
+                f"x spans values up to {big:.3g} whose mean or spread is not representable "
+                "in float64; rescale the activations"
+            )
         self.components_ = evecs.contiguous()
-        self.explained_variance_ = evals / self.scale_**2
+        self.explained_variance_ = evals / scale_n**2
         self.explained_variance_ratio_ = evals / evals.sum()
         self.d_flow_ = min(int(self.d_flow), dp)
         if self.latent_dim == "auto":
@@ -330,10 +368,33 @@ class FlowAutoencoder:
                 )
             self.latent_dim_ = int(self.latent_dim)
 
+    def _working(self, x: Tensor) -> Tensor:
+        """``x`` on the device in the working dtype, or in float64 when its finite values
+        overflow the working dtype (float32 ends at 3.4e38)."""
+        out = x.to(self._device, _DTYPES[self.dtype])
+        if out.dtype != x.dtype and not bool(torch.isfinite(out).all()):
+            return x.to(self._device, torch.float64)
+        return out
+
     def _to_pca(self, x: Tensor) -> Tensor:
-        """``y = Rᵀ(x − μ)/s`` on the non-constant columns  # (n, d')"""
+        """``y = Rᵀ(x − μ)/s`` on the non-constant columns  # (n, d')
+
+        When the working dtype overflows on finite rows, the rows are centred and scaled in
+        float64 first; rows whose coordinates still do not fit raise a ``ValueError``."""
         xk = x[:, self.kept_columns_.to(x.device)]
-        return (xk - self._mean) @ self._components / self.scale_
+        if xk.dtype == self._mean.dtype:
+            y = (xk - self._mean) @ self._components / self.scale_
+            if bool(torch.isfinite(y).all()):
+                return y
+        mean, comp = self.mean_.to(x.device), self.components_.to(x.device)
+        y64 = ((xk.double() - mean) / self.scale_) @ comp
+        y = y64.to(_DTYPES[self.dtype])
+        if not bool(torch.isfinite(y).all()):
+            raise ValueError(
+                f"x lies up to {float(y64.abs().max()):.3g} scaled units from the training data, "
+                f"beyond {self.dtype}; check the input or use dtype='float64'"
+            )
+        return y
 
     def _from_pca(self, y: Tensor) -> Tensor:
         """Inverse of :meth:`_to_pca`, constant columns restored  # (n, d_in)"""
@@ -400,7 +461,9 @@ class FlowAutoencoder:
         -------
         self
         """
-        self._check_params()
+        self.validate_params()
+        if self.checkpoint is not None:
+            check_file_output(self.checkpoint, "FlowAutoencoder.checkpoint")
         x = as_matrix(x, "x", min_samples=2)
         n, d = x.shape
         if n <= d:
@@ -414,7 +477,7 @@ class FlowAutoencoder:
         self._fit_preprocessing(x)
         self._set_device_tensors()
         dt = _DTYPES[self.dtype]
-        y_all = self._to_pca(x.to(self._device, dt))
+        y_all = self._to_pca(self._working(x))
         gen = torch.Generator().manual_seed(int(self.seed))
         n_val = int(round(self.validation_fraction * n)) if n >= 20 else 0
         order = torch.randperm(n, generator=gen).to(self._device)
@@ -545,16 +608,16 @@ class FlowAutoencoder:
             for key, val in st.items():
                 tensors[f"opt.{idx}.{key}"] = torch.as_tensor(val)
         meta = {
-            "kind": "FlowAutoencoder.checkpoint",
             "fingerprint": fingerprint,
             "state": state,
             "history": history,
             "param_groups": opt_sd["param_groups"],
         }
-        save_state(str(self.checkpoint), tensors, meta)
+        save_state(str(self.checkpoint), tensors, meta, kind="FlowAutoencoder.checkpoint")
 
     def _load_checkpoint(self, model, opt, fingerprint):  # noqa: ANN001, ANN202
-        tensors, meta = load_state(self.checkpoint)
+        art = load_state(self.checkpoint, "FlowAutoencoder.checkpoint")
+        tensors, meta = art.tensors, art.meta
         if meta.get("fingerprint") != fingerprint:
             warnings.warn(
                 f"checkpoint {self.checkpoint} was written for other data or hyperparameters; "
@@ -563,33 +626,42 @@ class FlowAutoencoder:
             )
             return None
         dev = self._device
-        model.load_state_dict(
-            {k[6:]: v.to(dev) for k, v in tensors.items() if k.startswith("model.")}
-        )
-        best = {k[5:]: v.to(dev) for k, v in tensors.items() if k.startswith("best.")}
-        opt_state: dict[int, dict[str, Tensor]] = {}
-        for key, val in tensors.items():
-            if key.startswith("opt."):
-                _, idx, name = key.split(".", 2)
-                opt_state.setdefault(int(idx), {})[name] = val if name == "step" else val.to(dev)
-        opt.load_state_dict({"state": opt_state, "param_groups": meta["param_groups"]})
-        logger.info(
-            "FlowAutoencoder: resumed from %s at epoch %d", self.checkpoint, meta["state"]["epoch"]
-        )
-        return meta["state"], meta["history"], best
+        try:
+            model.load_state_dict(
+                {k[6:]: v.to(dev) for k, v in tensors.items() if k.startswith("model.")}
+            )
+            best = {k[5:]: v.to(dev) for k, v in tensors.items() if k.startswith("best.")}
+            model.load_state_dict(best)  # checks the best state too; restored again later
+            model.load_state_dict(
+                {k[6:]: v.to(dev) for k, v in tensors.items() if k.startswith("model.")}
+            )
+            opt_state: dict[int, dict[str, Tensor]] = {}
+            for key, val in tensors.items():
+                if key.startswith("opt."):
+                    _, idx, name = key.split(".", 2)
+                    opt_state.setdefault(int(idx), {})[name] = (
+                        val if name == "step" else val.to(dev)
+                    )
+            opt.load_state_dict({"state": opt_state, "param_groups": meta["param_groups"]})
+            state, history = dict(meta["state"]), dict(meta["history"])
+            int(state["epoch"]), float(state["best"]), int(state["steps"])
+        except (KeyError, RuntimeError, ValueError, TypeError) as err:
+            raise art.error(f"not a usable checkpoint ({err}); delete it to train afresh") from None
+        logger.info("FlowAutoencoder: resumed from %s at epoch %d", self.checkpoint, state["epoch"])
+        return state, history, best
 
     # ------------------------------------------------------------------ inference
     def _prepare(self, x: Any, name: str = "x") -> Tensor:
         check_fitted(self, "model_")
-        t = as_matrix(x, name, dim=self.d_in_)
-        return t.to(self._device, _DTYPES[self.dtype])
+        return self._working(as_matrix(x, name, dim=self.d_in_))
 
     @torch.no_grad()
     def encode(self, x: Any) -> Tensor:
         """Kept latent coordinates ``z = φ(y)[:, :k]``  # (n, d) → (n, k), CPU."""
         y = self._to_pca(self._prepare(x))
         self.model_.eval()
-        return self.model_.flow(y[:, : self.d_flow_])[0][:, : self.latent_dim_].cpu()
+        z = self.model_.flow(y[:, : self.d_flow_])[0][:, : self.latent_dim_]
+        return self._finite(z, "latent coordinates").cpu()
 
     transform = encode
 
@@ -603,7 +675,7 @@ class FlowAutoencoder:
         self.model_.eval()
         yf = self.model_.flow.inverse(u)
         y = torch.cat([yf, yf.new_zeros(n, self.n_features_modelled_ - self.d_flow_)], dim=1)
-        return self._from_pca(y).cpu()
+        return self._finite(self._from_pca(y), "decoded activations").cpu()
 
     inverse_transform = decode
 
@@ -628,7 +700,28 @@ class FlowAutoencoder:
         ctx = torch.enable_grad() if not self.model_.flow.volume_preserving else torch.no_grad()
         with ctx:
             lp = self._log_prob_terms(self.model_, y)[0]
-        return lp.detach().cpu()
+        lp = lp.detach()
+        if bool(torch.isnan(lp).any()):
+            self._finite(lp, "log-densities")
+        if bool(torch.isinf(lp).any()):
+            warnings.warn(
+                f"{int(torch.isinf(lp).sum())} row(s) have log-densities below the range of "
+                f"{self.dtype} (-inf): they lie far from the training data; dtype='float64' "
+                "keeps them finite",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+        return lp.cpu()
+
+    def _finite(self, t: Tensor, what: str) -> Tensor:
+        """``t``, or a ``ValueError`` when finite input gave non-finite ``what``."""
+        if not bool(torch.isfinite(t).all()):
+            bad = int((~torch.isfinite(t)).reshape(len(t), -1).any(1).sum())
+            raise ValueError(
+                f"{bad} row(s) gave non-finite {what} in {self.dtype} (they lie too far from "
+                "the training data); check the input or use dtype='float64'"
+            )
+        return t
 
     def score(self, x: Any) -> float:
         """Mean log-likelihood per modelled coordinate (nats/dim) of ``x``."""
@@ -689,60 +782,138 @@ class FlowAutoencoder:
         return torch.cat([self._noise_var(self.model_), self._tail_var]).detach().cpu()
 
     # ------------------------------------------------------------------ persistence
-    _ARRAYS = (
-        "constant_columns_",
-        "constant_values_",
-        "kept_columns_",
-        "mean_",
-        "components_",
-        "explained_variance_",
-        "explained_variance_ratio_",
-    )
-    _SCALARS = (
-        "d_in_",
-        "n_features_modelled_",
-        "latent_dim_",
-        "d_flow_",
-        "scale_",
-        "n_epochs_",
-        "best_epoch_",
-        "fit_seconds_",
-        "train_samples_per_second_",
-    )
+    _INTS = ("d_in_", "n_features_modelled_", "latent_dim_", "d_flow_", "n_epochs_", "best_epoch_")
+    _TIMINGS = ("fit_seconds_", "train_samples_per_second_")  # not saved: not reproducible
 
     def save(self, path: str | os.PathLike) -> Path:
-        """Write the fitted model to ``path`` (one .safetensors file, JSON header; no pickle)."""
+        """Write the fitted model to ``path`` (one .safetensors file, JSON header; no pickle).
+
+        Wall-clock timings (``fit_seconds_``, ``train_samples_per_second_``,
+        ``history_["seconds"]``) are not saved, so two identical fits write identical bytes.
+        An existing ``path`` must hold a FlowAutoencoder (:mod:`flowmatch.outputs`).
+        """
         check_fitted(self, "model_")
-        tensors = {name: getattr(self, name) for name in self._ARRAYS}
+        tensors = {
+            "constant_columns_": self.constant_columns_,
+            "constant_values_": self.constant_values_,
+            "kept_columns_": self.kept_columns_,
+            "mean_": self.mean_,
+            "components_": self.components_,
+            "explained_variance_": self.explained_variance_,
+            "explained_variance_ratio_": self.explained_variance_ratio_,
+        }
         tensors.update({f"model.{k}": v for k, v in self.model_.state_dict().items()})
         params = {
             k: (str(v) if isinstance(v, os.PathLike) else v) for k, v in self.get_params().items()
         }
-        meta = {
-            "kind": "FlowAutoencoder",
-            "params": params,
-            "fitted": {name: getattr(self, name) for name in self._SCALARS},
-            "history": self.history_,
-        }
-        return save_state(path, tensors, meta)
+        fitted: dict[str, Any] = {name: int(getattr(self, name)) for name in self._INTS}
+        fitted["scale_"] = float(self.scale_)
+        history = {k: v for k, v in self.history_.items() if k in ("train_nll", "val_nll")}
+        meta = {"params": params, "fitted": fitted, "history": history}
+        return save_state(path, tensors, meta, kind="FlowAutoencoder")
 
     @classmethod
     def load(cls, path: str | os.PathLike, device: str | None = None) -> FlowAutoencoder:
-        """Read a model written by :meth:`save` (optionally onto another ``device``)."""
-        tensors, meta = load_state(path)
-        if meta.get("kind") != "FlowAutoencoder":
-            raise ValueError(f"{path} does not hold a FlowAutoencoder (kind={meta.get('kind')!r})")
-        ae = cls(**meta["params"])
-        if device is not None:
-            ae.device = device
-        for name in cls._ARRAYS:
-            setattr(ae, name, tensors[name])
-        for name, value in meta["fitted"].items():
-            setattr(ae, name, value)
-        ae.history_ = meta["history"]
+        """Read a model written by :meth:`save` (optionally onto another ``device``).
+
+        Every entry is checked (known keys only, dtypes, shapes, finite values, a consistent
+        model); a bad file raises ``ValueError`` naming the file and the entry.
+        """
+        art = load_state(path, "FlowAutoencoder")
+        ae = cls._from_params(art, device)
+        ae._restore_fitted(art)
+        ae.history_ = _history(art)
+        ae.fit_seconds_ = None
+        ae.train_samples_per_second_ = None
         ae._device = resolve_device(ae.device)
         ae._set_device_tensors()
         model = ae._build_model().to(ae._device, _DTYPES[ae.dtype])
-        model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+        state = {k[6:]: v for k, v in art.tensors.items() if k.startswith("model.")}
+        expected = model.state_dict()
+        for key, value in expected.items():
+            art.tensor(f"model.{key}", value.dtype, tuple(value.shape))
+        extra = sorted(set(state) - set(expected))
+        if extra:
+            raise art.error(f"unexpected tensor 'model.{extra[0]}' for this flow")
+        model.load_state_dict(state)
         ae.model_ = model.eval()
         return ae
+
+    @classmethod
+    def _from_params(cls, art: Artefact, device: str | None) -> FlowAutoencoder:
+        params = art.field("params", dict)
+        known = set(inspect.signature(cls.__init__).parameters) - {"self"}
+        unknown = sorted(set(params) - known)
+        if unknown:
+            raise art.error(f"unknown parameter {unknown[0]!r} in 'params'")
+        ae = cls(**params)
+        if device is not None:
+            ae.device = device
+        try:
+            ae.validate_params()
+        except (TypeError, ValueError, KeyError) as err:
+            raise art.error(f"bad parameter in 'params': {err}") from None
+        return ae
+
+    def _restore_fitted(self, art: Artefact) -> None:
+        fitted = art.field("fitted", dict)
+        allowed = set(self._INTS) | {"scale_"} | (set(self._TIMINGS) if art.version == 0 else set())
+        unknown = sorted(set(fitted) - allowed)
+        if unknown:
+            raise art.error(f"unknown entry {unknown[0]!r} in 'fitted'")
+        for name in self._INTS:
+            setattr(self, name, art.field(name, int, fitted))
+        scale = art.field("scale_", (int, float), fitted)
+        if not (math.isfinite(scale) and scale > 0):
+            raise art.error(f"'fitted' entry 'scale_' must be finite and > 0, got {scale}")
+        self.scale_ = float(scale)
+        d, dp, k, f = self.d_in_, self.n_features_modelled_, self.latent_dim_, self.d_flow_
+        if not (1 <= k <= f <= dp <= d) or dp < 2 or self.best_epoch_ > self.n_epochs_:
+            raise art.error(
+                f"inconsistent sizes in 'fitted' (d_in_={d}, n_features_modelled_={dp}, "
+                f"d_flow_={f}, latent_dim_={k})"
+            )
+        c = d - dp
+        self.constant_columns_ = art.tensor("constant_columns_", torch.int64, (c,))
+        self.kept_columns_ = art.tensor("kept_columns_", torch.int64, (dp,))
+        columns = torch.cat([self.constant_columns_, self.kept_columns_]).sort().values
+        if not torch.equal(columns, torch.arange(d)):
+            raise art.error("constant_columns_ and kept_columns_ do not split the columns")
+        self.constant_values_ = art.tensor("constant_values_", torch.float64, (c,))
+        self.mean_ = art.tensor("mean_", torch.float64, (dp,))
+        self.components_ = art.tensor("components_", torch.float64, (dp, dp))
+        self.explained_variance_ = art.tensor("explained_variance_", torch.float64, (dp,))
+        ratio = art.tensor("explained_variance_ratio_", torch.float64, (dp,))
+        self.explained_variance_ratio_ = ratio
+        eye = self.components_.T @ self.components_
+        if not torch.allclose(eye, torch.eye(dp, dtype=torch.float64), atol=1e-6):
+            raise art.error("components_ is not orthonormal")
+        if bool((self.explained_variance_ < 0).any()):
+            raise art.error("explained_variance_ has negative entries")
+        art.check_tensor_names(
+            (
+                "constant_columns_",
+                "constant_values_",
+                "kept_columns_",
+                "mean_",
+                "components_",
+                "explained_variance_",
+                "explained_variance_ratio_",
+            ),
+            prefixes=("model.",),
+        )
+
+
+def _history(art: Artefact) -> dict[str, list[float]]:
+    raw = art.meta.get("history", {})
+    if not isinstance(raw, dict):
+        raise art.error("metadata entry 'history' must be an object")
+    out: dict[str, list[float]] = {}
+    for key in ("train_nll", "val_nll"):
+        values = raw.get(key, [])
+        if not isinstance(values, list) or not all(
+            isinstance(v, int | float) and not isinstance(v, bool) for v in values
+        ):
+            raise art.error(f"'history' entry {key!r} must be a list of numbers")
+        out[key] = [float(v) for v in values]
+    return out
