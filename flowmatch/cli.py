@@ -12,9 +12,13 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
+import signal
 import sys
+import threading
 from collections.abc import Sequence
 
+from flowmatch import __version__
 from flowmatch.benchmarks import BENCHMARKS
 
 __all__ = ["main"]
@@ -38,6 +42,7 @@ def _cmd_zoo(args: argparse.Namespace) -> int:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from flowmatch.config import load_config
+    from flowmatch.outputs import check_folder_output
     from flowmatch.pipeline import run_pipeline
 
     config = load_config(args.config)
@@ -45,6 +50,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         from dataclasses import replace
 
         config = replace(config, output_dir=args.output_dir)
+    check_folder_output(config.run_dir(), "run")
     run_pipeline(config, progress=not args.quiet)
     return 0
 
@@ -52,10 +58,14 @@ def _cmd_run(args: argparse.Namespace) -> int:
 def _cmd_fit(args: argparse.Namespace) -> int:
     from flowmatch.activations import ActivationSet
     from flowmatch.autoencoder import FlowAutoencoder
+    from flowmatch.outputs import check_file_output
 
+    ae = FlowAutoencoder(
+        latent_dim=args.latent_dim, flow=args.flow, seed=args.seed, device=args.device
+    )
+    ae.validate_params()
+    check_file_output(args.out, "FlowAutoencoder")
     acts = ActivationSet.load(args.activations)
-    latent = args.latent_dim if args.latent_dim == "auto" else int(args.latent_dim)
-    ae = FlowAutoencoder(latent_dim=latent, flow=args.flow, seed=args.seed, device=args.device)
     ae.fit(acts)
     ae.save(args.out)
     print(f"fitted {args.flow} autoencoder: d={acts.dim} → k={ae.latent_dim_}; wrote {args.out}")
@@ -64,8 +74,10 @@ def _cmd_fit(args: argparse.Namespace) -> int:
 
 def _cmd_translate(args: argparse.Namespace) -> int:
     from flowmatch.activations import ActivationSet
+    from flowmatch.outputs import check_folder_output
     from flowmatch.translation import translate
 
+    check_folder_output(args.out, "Translation")
     a, b = ActivationSet.load(args.a), ActivationSet.load(args.b)
     t = translate(a, b, seed=args.seed, progress=True)
     t.save(args.out)
@@ -74,9 +86,39 @@ def _cmd_translate(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
+    from flowmatch.outputs import check_file_output, check_folder_output
+
+    if getattr(args, "json", None):
+        check_file_output(args.json, "benchmark")
+    if getattr(args, "out", None):
+        check_folder_output(args.out, "figures")
     module = importlib.import_module(f"flowmatch.benchmarks.{args.bench}")
     module.run(args)
     return 0
+
+
+def _latent_dim(text: str) -> int | str:
+    if text == "auto":
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected 'auto' or a positive int, got {text!r}"
+        ) from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected 'auto' or a positive int, got {value}")
+    return value
+
+
+def _seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an int, got {text!r}") from None
+    if not 0 <= value < 2**32:
+        raise argparse.ArgumentTypeError(f"expected an int between 0 and 2**32 - 1, got {value}")
+    return value
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -84,6 +126,7 @@ def _parser() -> argparse.ArgumentParser:
         prog="flowmatch",
         description="Relate two networks' representations without paired data.",
     )
+    p.add_argument("--version", action="version", version=f"flowmatch {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
     r = sub.add_parser("run", help="run the whole pipeline on a configured pair")
@@ -102,9 +145,14 @@ def _parser() -> argparse.ArgumentParser:
     f = sub.add_parser("fit", help="fit a flow autoencoder to activations (.safetensors or .npy)")
     f.add_argument("activations", help="ActivationSet .safetensors file or an (n, d) .npy matrix")
     f.add_argument("--out", required=True, help="where to write the autoencoder (.safetensors)")
-    f.add_argument("--latent-dim", default="auto", help="kept latent coordinates k, or 'auto'")
+    f.add_argument(
+        "--latent-dim",
+        type=_latent_dim,
+        default="auto",
+        help="kept latent coordinates k, or 'auto'",
+    )
     f.add_argument("--flow", default="coupling", help="flow family: 'coupling' or 'cnf'")
-    f.add_argument("--seed", type=int, default=0, help="random seed")
+    f.add_argument("--seed", type=_seed, default=0, help="random seed")
     f.add_argument("--device", default="auto", help="'auto' (CUDA when available), 'cpu', 'cuda'")
     f.set_defaults(func=_cmd_fit)
 
@@ -112,7 +160,7 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("a", help="model A activations (.safetensors ActivationSet or .npy)")
     t.add_argument("b", help="model B activations (need not come from the same inputs)")
     t.add_argument("--out", required=True, help="output folder for the Translation")
-    t.add_argument("--seed", type=int, default=0, help="random seed")
+    t.add_argument("--seed", type=_seed, default=0, help="random seed")
     t.set_defaults(func=_cmd_translate)
 
     c = sub.add_parser("compare", help="flowmatch against every baseline on a zoo pair")
@@ -136,20 +184,67 @@ def _add_bench_arguments(parser: argparse.ArgumentParser, name: str) -> None:
     module.add_arguments(parser)
 
 
+def _expected_errors() -> tuple[type[BaseException], ...]:
+    """Error classes that mean bad input, arguments, files or environment (not a bug)."""
+    from flowmatch._validation import NotFittedError
+    from flowmatch.benchmarks._common import BenchmarkError
+
+    return (
+        ValueError,
+        TypeError,
+        KeyError,
+        OSError,
+        NotFittedError,
+        FloatingPointError,
+        BenchmarkError,
+    )
+
+
+def _message(err: BaseException) -> str:
+    text = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
+    if isinstance(err, OSError) and err.filename is not None and str(err.filename) not in str(text):
+        text = f"{text}: {err.filename}"
+    return " ".join(str(text).split()) or type(err).__name__
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C so that every ``finally`` cleans up."""
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    raise _Terminated()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``flowmatch`` console script."""
+    """Entry point of the ``flowmatch`` console script.
+
+    Every expected error ends in one line ``flowmatch: error: …`` on stderr and a non-zero
+    exit status (2; 130 after Ctrl-C, 143 after SIGTERM, both with staging cleaned up).
+    ``FLOWMATCH_TRACEBACK=1`` shows the traceback instead.
+    """
     args = _parser().parse_args(argv)
     if getattr(args, "unavailable", None):
-        print(f"benchmark {args.unavailable!r} is not available", file=sys.stderr)
+        print(f"flowmatch: error: benchmark {args.unavailable!r} is not available", file=sys.stderr)
         return 2
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         return int(args.func(args) or 0)
+    except _Terminated:
+        print("flowmatch: terminated; no partial files were written", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
-        print("interrupted; no partial files were written", file=sys.stderr)
+        print("flowmatch: interrupted; no partial files were written", file=sys.stderr)
         return 130
-    except (KeyError, ValueError, FileNotFoundError) as err:
-        print(f"flowmatch: error: {err}", file=sys.stderr)
+    except _expected_errors() as err:
+        if os.environ.get("FLOWMATCH_TRACEBACK"):
+            raise
+        print(f"flowmatch: error: {_message(err)}", file=sys.stderr)
         return 2
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,14 @@ import argparse
 import json
 from typing import Any
 
-from flowmatch.benchmarks._common import environment, run_as_script, timer, write_result
+from flowmatch.benchmarks._common import (
+    environment,
+    nonnegative_int,
+    positive_int,
+    run_as_script,
+    timer,
+    write_result,
+)
 
 __all__ = ["add_arguments", "run"]
 
@@ -32,9 +39,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--methods", nargs="+", default=None, help="registered method names (default: all)"
     )
     parser.add_argument(
-        "--n-pairs", type=int, default=10, help="paired rows given to paired methods"
+        "--n-pairs", type=nonnegative_int, default=10, help="paired rows given to paired methods"
     )
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=nonnegative_int, default=0)
     parser.add_argument(
         "--params",
         type=json.loads,
@@ -43,7 +50,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--quick", action="store_true", help="digits-mlp only (a smoke run)")
     parser.add_argument(
-        "--threads", type=int, default=None, help="limit torch/BLAS/OpenMP threads to this number"
+        "--threads",
+        type=positive_int,
+        default=None,
+        help="limit torch/BLAS/OpenMP threads to this number",
     )
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     parser.add_argument("--json", default=None, metavar="PATH", help="write the results here")

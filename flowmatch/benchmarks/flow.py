@@ -55,6 +55,8 @@ import torch
 
 from flowmatch.benchmarks._common import (
     environment,
+    nonnegative_int,
+    positive_int,
     print_table,
     run_as_script,
     timer,
@@ -70,13 +72,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--side", default="a", choices=["a", "b"], help="which model's layer")
     parser.add_argument("--quick", action="store_true", help="few steps, for a smoke run")
     parser.add_argument("--json", default=None, help="write the result as JSON here")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=nonnegative_int, default=0)
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--latent-dim", type=int, default=10, help="k for every method")
-    parser.add_argument("--n-components", type=int, default=12)
-    parser.add_argument("--hidden", type=int, default=128, help="width of every flow")
-    parser.add_argument("--max-steps", type=int, default=1200, help="optimiser steps per flow")
-    parser.add_argument("--batch-size", type=int, default=128, help="minibatch of every flow")
+    parser.add_argument("--latent-dim", type=positive_int, default=10, help="k for every method")
+    parser.add_argument("--n-components", type=positive_int, default=12)
+    parser.add_argument("--hidden", type=positive_int, default=128, help="width of every flow")
+    parser.add_argument(
+        "--max-steps", type=positive_int, default=1200, help="optimiser steps per flow"
+    )
+    parser.add_argument(
+        "--batch-size", type=positive_int, default=128, help="minibatch of every flow"
+    )
     parser.add_argument(
         "--training-noise",
         type=float,
@@ -87,7 +93,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--ffjord-method", default="rk4", help="torchdiffeq method of the FFJORD reference"
     )
     parser.add_argument(
-        "--ffjord-steps", type=int, default=8, help="fixed-grid steps of the FFJORD reference"
+        "--ffjord-steps",
+        type=positive_int,
+        default=8,
+        help="fixed-grid steps of the FFJORD reference",
     )
     parser.add_argument(
         "--no-equal-time", action="store_true", help="skip the equal wall-clock CNF run"
@@ -98,7 +107,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=["cnf", "coupling", "pca+gmm", "ffjord"],
         help="subset of cnf, coupling, pca+gmm, ffjord",
     )
-    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    parser.add_argument("--threads", type=positive_int, default=None, help="torch.set_num_threads")
 
 
 def _pca_gmm(

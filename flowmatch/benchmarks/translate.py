@@ -23,6 +23,8 @@ import numpy as np
 
 from flowmatch.benchmarks._common import (
     environment,
+    nonnegative_int,
+    positive_int,
     print_table,
     run_as_script,
     timer,
@@ -44,18 +46,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         choices=[*list_pairs(), "all"],
         help="zoo pair (repeatable; default every pair, digits-mlp with --quick)",
     )
-    parser.add_argument("--n-pairs", type=int, default=10, help="pairs for flowmatch_pairs")
+    parser.add_argument(
+        "--n-pairs", type=nonnegative_int, default=10, help="pairs for flowmatch_pairs"
+    )
     parser.add_argument(
         "--sizes",
-        type=int,
+        type=positive_int,
         nargs="*",
         default=None,
         help="activations per side in the scaling run (default 1e3 1e4 1e5; 1e3 3e3 with --quick;"
         " --sizes with no value skips it)",
     )
-    parser.add_argument("--seed", type=int, default=0, help="random seed")
+    parser.add_argument("--seed", type=nonnegative_int, default=0, help="random seed")
     parser.add_argument("--quick", action="store_true", help="digits-mlp and a small scaling run")
-    parser.add_argument("--threads", type=int, default=None, help="torch/BLAS threads")
+    parser.add_argument("--threads", type=positive_int, default=None, help="torch/BLAS threads")
     parser.add_argument("--json", default=None, metavar="PATH", help="write the results here")
 
 

@@ -21,7 +21,6 @@ J. ACM 60(6), 2013 (ToMATo).
 from __future__ import annotations
 
 import argparse
-import multiprocessing as mp
 import os
 import time
 import warnings
@@ -29,7 +28,15 @@ from typing import Any
 
 import numpy as np
 
-from flowmatch.benchmarks._common import environment, print_table, run_as_script, write_result
+from flowmatch.benchmarks._common import (
+    environment,
+    positive_float,
+    positive_int,
+    print_table,
+    run_as_script,
+    run_isolated,
+    write_result,
+)
 
 __all__ = ["add_arguments", "run"]
 
@@ -39,18 +46,35 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quick", action="store_true", help="n ≤ 10^4 and a short AE fit")
     parser.add_argument("--json", default=None, help="write the results to this JSON file")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--k-neighbors", type=int, default=10)
-    parser.add_argument("--threads", type=int, default=2, help="kNN query threads (both methods)")
-    parser.add_argument("--sizes", type=int, nargs="*", default=None, help="override the n grid")
-    parser.add_argument("--dims", type=int, nargs="*", default=[2, 8, 16])
+    parser.add_argument("--k-neighbors", type=positive_int, default=10)
+    parser.add_argument(
+        "--threads", type=positive_int, default=2, help="kNN query threads (both methods)"
+    )
+    parser.add_argument(
+        "--sizes", type=_size, nargs="*", default=None, help="override the n grid (each >= 2)"
+    )
+    parser.add_argument("--dims", type=positive_int, nargs="*", default=[2, 8, 16])
     parser.add_argument(
         "--budget",
-        type=float,
+        type=positive_float,
         default=150.0,
         help="seconds; a method that exceeds it at some n is not run at larger n (same dim)",
     )
+    parser.add_argument(
+        "--timeout",
+        type=positive_float,
+        default=3600.0,
+        help="seconds; a measurement still running then is stopped and the benchmark fails",
+    )
     parser.add_argument("--no-tomato", action="store_true", help="skip gudhi's ToMATo")
     parser.add_argument("--no-recovery", action="store_true", help="skip the digits ARI part")
+
+
+def _size(text: str) -> int:
+    value = positive_int(text)
+    if value < 2:
+        raise argparse.ArgumentTypeError(f"expected a size >= 2, got {value}")
+    return value
 
 
 # ----------------------------------------------------------------------------- speed
@@ -68,7 +92,7 @@ def _mixture(n: int, dim: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return z, logp - 0.5 * dim * np.log(2 * np.pi)
 
 
-def _measure(method: str, n: int, dim: int, k: int, threads: int, seed: int, queue: Any) -> None:
+def _measure(method: str, n: int, dim: int, k: int, threads: int, seed: int) -> dict[str, Any]:
     import resource
 
     z, logp = _mixture(n, dim, seed)
@@ -100,17 +124,7 @@ def _measure(method: str, n: int, dim: int, k: int, threads: int, seed: int, que
             tom = Tomato(graph_type="knn", density_type="manual", k=k + 1, symmetrize_graph=True)
             dgm = tom.fit(z, weights=logp).diagram_
         out["diagram"] = np.asarray(dgm).tolist()
-    queue.put(out)
-
-
-def _run_isolated(*args: Any) -> dict[str, Any]:
-    ctx = mp.get_context("fork")
-    queue = ctx.Queue()
-    proc = ctx.Process(target=_measure, args=(*args, queue))
-    proc.start()
-    result = queue.get()
-    proc.join()
-    return result
+    return out
 
 
 def _same_diagram(a: list, b: list) -> bool:
@@ -135,7 +149,17 @@ def _speed(args: argparse.Namespace) -> list[dict[str, Any]]:
                 if m in over_budget:
                     row[f"{m}_s"] = "skipped"
                     continue
-                r = _run_isolated(m, n, dim, args.k_neighbors, args.threads, args.seed)
+                r = run_isolated(
+                    _measure,
+                    m,
+                    n,
+                    dim,
+                    args.k_neighbors,
+                    args.threads,
+                    args.seed,
+                    what=f"{m} at n={n}, dim={dim}",
+                    timeout=args.timeout,
+                )
                 results[m] = r
                 row[f"{m}_s"] = round(r["seconds"], 3)
                 row[f"{m}_mb"] = round(r["peak_rss_mb"], 1)
