@@ -123,17 +123,19 @@ def _canonical_header(path: Path) -> None:
 
 
 # ----------------------------------------------------------------------------- reading
-def check_input_file(path: str | os.PathLike, what: str = "file") -> Path:
-    """``Path(path)`` if it is an existing, non-empty regular file; else a one-line error."""
+def check_input_file(path: str | os.PathLike, what: str = "a file") -> Path:
+    """``Path(path)`` if it is an existing, non-empty regular file; else a one-line error.
+
+    ``what`` names the file expected, with its article (e.g. "an activation file")."""
     p = Path(path)
     if not p.exists():
-        raise FileNotFoundError(f"no {what} at {p}")
+        raise FileNotFoundError(f"no file at {p}")
     if p.is_dir():
-        raise ArtefactError(f"{p} is a folder; a {what} is needed here")
+        raise ArtefactError(f"{p} is a folder; {what} is needed here")
     if not p.is_file():
-        raise ArtefactError(f"{p} is not a regular file; a {what} is needed here")
+        raise ArtefactError(f"{p} is not a regular file; {what} is needed here")
     if p.stat().st_size == 0:
-        raise ArtefactError(f"{p} is empty (0 bytes); a {what} is needed here")
+        raise ArtefactError(f"{p} is empty (0 bytes); {what} is needed here")
     return p
 
 
@@ -170,7 +172,7 @@ def load_state(path: str | os.PathLike, kind: str, *, legacy_kind: bool = False)
     header carried a format version read as version 0; ``legacy_kind`` also accepts such files
     without a ``kind``.
     """
-    p = check_input_file(path, f"flowmatch {kind} file")
+    p = check_input_file(path, f"a flowmatch {kind} file")
     header = _read_header(p)
     meta_raw = header.get("__metadata__") or {}
     if not isinstance(meta_raw, dict) or _META_KEY not in meta_raw:

@@ -81,7 +81,7 @@ class ActivationSet:
         A file that is neither, or holds anything but a finite real matrix, raises a
         ``ValueError`` that names the file.
         """
-        p = check_input_file(path, "activation file (.safetensors or .npy)")
+        p = check_input_file(path, "an activation file (.safetensors or .npy)")
         with open(p, "rb") as f:
             magic = f.read(6)
         if magic == b"\x93NUMPY":

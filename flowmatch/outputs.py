@@ -100,6 +100,12 @@ def _noun(kind: str | None) -> str:
     return _NOUNS.get(kind or "", f"{kind} artefact")
 
 
+def _a(kind: str | None) -> str:
+    """The noun of ``kind`` with its indefinite article."""
+    noun = _noun(kind)
+    return f"{'an' if noun[0] in 'aeiouAEIOU' else 'a'} {noun}"
+
+
 # ----------------------------------------------------------------------------- names
 def check_name(name: Any, what: str = "run name") -> str:
     """Return ``name`` if it is one safe path component, else raise :class:`OutputPathError`.
@@ -254,7 +260,7 @@ def _folder_problem(folder: Path, kind: str) -> str | None:
             return None
         return f"{folder} is a non-empty folder that flowmatch did not write"
     if marker["kind"] != kind:
-        return f"{folder} holds a flowmatch {_noun(marker['kind'])}, not a {_noun(kind)}"
+        return f"{folder} holds {_a(marker['kind'])} written by flowmatch, not {_a(kind)}"
     version = marker.get("format_version")
     if not isinstance(version, int) or version > FORMAT_VERSION:
         return (
@@ -314,13 +320,13 @@ def check_file_output(path: str | os.PathLike, kind: str | None) -> Path:
         raise OutputPathError(f"{target} is a symbolic link; give the real path instead")
     if target.is_dir():
         raise OutputPathError(
-            f"{target} is a folder, but a {_noun(kind)} is a file; give a file name such as "
+            f"{target} is a folder, but {_a(kind)} is a file; give a file name such as "
             f"{target / _example_name(kind)}"
         )
     if os.path.lexists(target):
         found = file_kind(target)
         if kind is None or found != kind:
-            what = "flowmatch did not write it" if found is None else f"it holds a {_noun(found)}"
+            what = "flowmatch did not write it" if found is None else f"it holds {_a(found)}"
             raise OutputPathError(
                 f"{target} exists and {what}; flowmatch replaces only its own {_noun(kind)} "
                 "files: choose another name or move that file away"
@@ -340,7 +346,7 @@ def check_folder_output(path: str | os.PathLike, kind: str) -> Path:
     target = _as_target(path, kind)
     if target.name in ("", ".", "..") or _inside_cwd_chain(target):
         raise OutputPathError(
-            f"refusing to write a {_noun(kind)} to {str(path)!r}, the current folder or one "
+            f"refusing to write {_a(kind)} to {str(path)!r}, the current folder or one "
             f"above it; give a new folder name such as {_example_name(kind)!r}"
         )
     _recover(target)
@@ -348,7 +354,7 @@ def check_folder_output(path: str | os.PathLike, kind: str) -> Path:
         raise OutputPathError(f"{target} is a symbolic link; give the real path instead")
     if os.path.lexists(target) and not target.is_dir():
         raise OutputPathError(
-            f"{target} is a file, but a {_noun(kind)} is a folder; choose another name or move "
+            f"{target} is a file, but {_a(kind)} is a folder; choose another name or move "
             "that file away"
         )
     if target.is_dir():

@@ -187,7 +187,7 @@ def test_truncated_files_are_named(model_file, tmp_path, cut):
 def test_folder_and_missing_file(tmp_path):
     with pytest.raises(ArtefactError, match="is a folder"):
         FlowAutoencoder.load(tmp_path)
-    with pytest.raises(FileNotFoundError, match="no flowmatch FlowAutoencoder file"):
+    with pytest.raises(FileNotFoundError, match="no file at .*none.safetensors"):
         FlowAutoencoder.load(tmp_path / "none.safetensors")
 
 

@@ -118,7 +118,7 @@ def test_own_folder_is_replaced_and_marked(tmp_path, translation):
 def test_another_kind_is_not_replaced(tmp_path, translation):
     out = tmp_path / "figs"
     outputs.figures_folder(out)
-    with pytest.raises(OutputPathError, match="figures folder, not a translation folder"):
+    with pytest.raises(OutputPathError, match="figures folder written by flowmatch, not"):
         translation.save(out)
 
 
@@ -172,7 +172,7 @@ def test_model_file_does_not_replace_another_kind(tmp_path, translation):
     acts = tmp_path / "acts.safetensors"
     ActivationSet(torch.zeros(3, 2)).save(acts)
     before = acts.read_bytes()
-    with pytest.raises(OutputPathError, match="holds a activation file"):
+    with pytest.raises(OutputPathError, match="holds an activation file"):
         translation.autoencoder_a_.save(acts)
     assert acts.read_bytes() == before
 
