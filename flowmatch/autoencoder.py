@@ -76,8 +76,9 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from flowmatch import _autoencoder_io
 from flowmatch._gmm import GaussianMixture
-from flowmatch._io import Artefact, load_state, save_state
+from flowmatch._io import load_state, save_state
 from flowmatch._validation import (
     MAX_SEED,
     as_matrix,
@@ -782,9 +783,6 @@ class FlowAutoencoder:
         return torch.cat([self._noise_var(self.model_), self._tail_var]).detach().cpu()
 
     # ------------------------------------------------------------------ persistence
-    _INTS = ("d_in_", "n_features_modelled_", "latent_dim_", "d_flow_", "n_epochs_", "best_epoch_")
-    _TIMINGS = ("fit_seconds_", "train_samples_per_second_")  # not saved: not reproducible
-
     def save(self, path: str | os.PathLike) -> Path:
         """Write the fitted model to ``path`` (one .safetensors file, JSON header; no pickle).
 
@@ -793,23 +791,7 @@ class FlowAutoencoder:
         An existing ``path`` must hold a FlowAutoencoder (:mod:`flowmatch.outputs`).
         """
         check_fitted(self, "model_")
-        tensors = {
-            "constant_columns_": self.constant_columns_,
-            "constant_values_": self.constant_values_,
-            "kept_columns_": self.kept_columns_,
-            "mean_": self.mean_,
-            "components_": self.components_,
-            "explained_variance_": self.explained_variance_,
-            "explained_variance_ratio_": self.explained_variance_ratio_,
-        }
-        tensors.update({f"model.{k}": v for k, v in self.model_.state_dict().items()})
-        params = {
-            k: (str(v) if isinstance(v, os.PathLike) else v) for k, v in self.get_params().items()
-        }
-        fitted: dict[str, Any] = {name: int(getattr(self, name)) for name in self._INTS}
-        fitted["scale_"] = float(self.scale_)
-        history = {k: v for k, v in self.history_.items() if k in ("train_nll", "val_nll")}
-        meta = {"params": params, "fitted": fitted, "history": history}
+        tensors, meta = _autoencoder_io.state_of(self)
         return save_state(path, tensors, meta, kind="FlowAutoencoder")
 
     @classmethod
@@ -819,101 +801,4 @@ class FlowAutoencoder:
         Every entry is checked (known keys only, dtypes, shapes, finite values, a consistent
         model); a bad file raises ``ValueError`` naming the file and the entry.
         """
-        art = load_state(path, "FlowAutoencoder")
-        ae = cls._from_params(art, device)
-        ae._restore_fitted(art)
-        ae.history_ = _history(art)
-        ae.fit_seconds_ = None
-        ae.train_samples_per_second_ = None
-        ae._device = resolve_device(ae.device)
-        ae._set_device_tensors()
-        model = ae._build_model().to(ae._device, _DTYPES[ae.dtype])
-        state = {k[6:]: v for k, v in art.tensors.items() if k.startswith("model.")}
-        expected = model.state_dict()
-        for key, value in expected.items():
-            art.tensor(f"model.{key}", value.dtype, tuple(value.shape))
-        extra = sorted(set(state) - set(expected))
-        if extra:
-            raise art.error(f"unexpected tensor 'model.{extra[0]}' for this flow")
-        model.load_state_dict(state)
-        ae.model_ = model.eval()
-        return ae
-
-    @classmethod
-    def _from_params(cls, art: Artefact, device: str | None) -> FlowAutoencoder:
-        params = art.field("params", dict)
-        known = set(inspect.signature(cls.__init__).parameters) - {"self"}
-        unknown = sorted(set(params) - known)
-        if unknown:
-            raise art.error(f"unknown parameter {unknown[0]!r} in 'params'")
-        ae = cls(**params)
-        if device is not None:
-            ae.device = device
-        try:
-            ae.validate_params()
-        except (TypeError, ValueError, KeyError) as err:
-            raise art.error(f"bad parameter in 'params': {err}") from None
-        return ae
-
-    def _restore_fitted(self, art: Artefact) -> None:
-        fitted = art.field("fitted", dict)
-        allowed = set(self._INTS) | {"scale_"} | (set(self._TIMINGS) if art.version == 0 else set())
-        unknown = sorted(set(fitted) - allowed)
-        if unknown:
-            raise art.error(f"unknown entry {unknown[0]!r} in 'fitted'")
-        for name in self._INTS:
-            setattr(self, name, art.field(name, int, fitted))
-        scale = art.field("scale_", (int, float), fitted)
-        if not (math.isfinite(scale) and scale > 0):
-            raise art.error(f"'fitted' entry 'scale_' must be finite and > 0, got {scale}")
-        self.scale_ = float(scale)
-        d, dp, k, f = self.d_in_, self.n_features_modelled_, self.latent_dim_, self.d_flow_
-        if not (1 <= k <= f <= dp <= d) or dp < 2 or self.best_epoch_ > self.n_epochs_:
-            raise art.error(
-                f"inconsistent sizes in 'fitted' (d_in_={d}, n_features_modelled_={dp}, "
-                f"d_flow_={f}, latent_dim_={k})"
-            )
-        c = d - dp
-        self.constant_columns_ = art.tensor("constant_columns_", torch.int64, (c,))
-        self.kept_columns_ = art.tensor("kept_columns_", torch.int64, (dp,))
-        columns = torch.cat([self.constant_columns_, self.kept_columns_]).sort().values
-        if not torch.equal(columns, torch.arange(d)):
-            raise art.error("constant_columns_ and kept_columns_ do not split the columns")
-        self.constant_values_ = art.tensor("constant_values_", torch.float64, (c,))
-        self.mean_ = art.tensor("mean_", torch.float64, (dp,))
-        self.components_ = art.tensor("components_", torch.float64, (dp, dp))
-        self.explained_variance_ = art.tensor("explained_variance_", torch.float64, (dp,))
-        ratio = art.tensor("explained_variance_ratio_", torch.float64, (dp,))
-        self.explained_variance_ratio_ = ratio
-        eye = self.components_.T @ self.components_
-        if not torch.allclose(eye, torch.eye(dp, dtype=torch.float64), atol=1e-6):
-            raise art.error("components_ is not orthonormal")
-        if bool((self.explained_variance_ < 0).any()):
-            raise art.error("explained_variance_ has negative entries")
-        art.check_tensor_names(
-            (
-                "constant_columns_",
-                "constant_values_",
-                "kept_columns_",
-                "mean_",
-                "components_",
-                "explained_variance_",
-                "explained_variance_ratio_",
-            ),
-            prefixes=("model.",),
-        )
-
-
-def _history(art: Artefact) -> dict[str, list[float]]:
-    raw = art.meta.get("history", {})
-    if not isinstance(raw, dict):
-        raise art.error("metadata entry 'history' must be an object")
-    out: dict[str, list[float]] = {}
-    for key in ("train_nll", "val_nll"):
-        values = raw.get(key, [])
-        if not isinstance(values, list) or not all(
-            isinstance(v, int | float) and not isinstance(v, bool) for v in values
-        ):
-            raise art.error(f"'history' entry {key!r} must be a list of numbers")
-        out[key] = [float(v) for v in values]
-    return out
+        return _autoencoder_io.restore(cls, load_state(path, "FlowAutoencoder"), device)
