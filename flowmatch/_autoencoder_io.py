@@ -68,7 +68,7 @@ def restore(cls: type, art: Artefact, device: str | None) -> Any:
 
 def _from_params(cls: type, art: Artefact, device: str | None) -> Any:
     params = art.field("params", dict)
-    known = set(inspect.signature(cls.__init__).parameters) - {"self"}
+    known = set(inspect.signature(cls).parameters)
     unknown = sorted(set(params) - known)
     if unknown:
         raise art.error(f"unknown parameter {unknown[0]!r} in 'params'")

@@ -25,6 +25,7 @@ Example (``configs/digits.yaml``)::
 from __future__ import annotations
 
 import dataclasses
+import functools
 import inspect
 import os
 from collections.abc import Callable
@@ -115,7 +116,7 @@ class TranslateSettings:
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             rule = _TRANSLATE_RULES[f.name]
-            _checked(f"translate.{f.name}", lambda r=rule, n=f.name, v=value: r(n, v))
+            _checked(f"translate.{f.name}", functools.partial(rule, f.name, value))
 
 
 @dataclass(frozen=True)
@@ -227,7 +228,7 @@ def _match_section(value: Any) -> dict[str, Any]:
     _check_keys("match", raw, set(params))
     for key, v in raw.items():
         p = params[key]
-        _checked(f"match.{key}", lambda k=key, v=v, p=p: _like_default(k, v, p))
+        _checked(f"match.{key}", functools.partial(_like_default, key, v, p))
     return dict(raw)
 
 

@@ -388,7 +388,7 @@ def _example_name(kind: str | None) -> str:
 
 # ----------------------------------------------------------------------------- recovery
 def _pid_alive(pid: int) -> bool:
-    if pid == os.getpid():
+    if pid == os.getpid() or os.name == "nt":  # Windows' os.kill would terminate the process
         return True
     try:
         os.kill(pid, 0)
@@ -484,22 +484,21 @@ def _signals_held() -> Iterator[None]:
         return
     received: list[int] = []
     previous: dict[int, Any] = {}
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        handler = signal.getsignal(sig)
-        if handler is None:  # installed outside Python: cannot be restored
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        if signal.getsignal(signum) is None:  # installed outside Python: cannot be restored
             continue
-        previous[sig] = signal.signal(sig, lambda s, _f: received.append(s))
+        previous[int(signum)] = signal.signal(signum, lambda s, _f: received.append(s))
     try:
         yield
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-        for sig in dict.fromkeys(received):
-            handler = previous[sig]
+        for num, handler in previous.items():
+            signal.signal(num, handler)
+        for num in dict.fromkeys(received):
+            handler = previous[num]
             if callable(handler):
-                handler(sig, None)
+                handler(num, None)
             elif handler == signal.SIG_DFL:
-                os.kill(os.getpid(), sig)
+                os.kill(os.getpid(), num)
 
 
 def _staging_name(target: Path) -> str:

@@ -183,7 +183,7 @@ def train_model(spec: ModelSpec, *, cache: bool = True) -> tuple[nn.Sequential, 
     return model.eval(), info
 
 
-def _load_cached(path: Path, model: nn.Module) -> tuple[nn.Module, dict[str, Any]]:
+def _load_cached(path: Path, model: nn.Sequential) -> tuple[nn.Sequential, dict[str, Any]]:
     """A cached zoo model, every tensor checked against ``model``'s (names, dtypes, shapes)."""
     try:
         art = load_state(path, "ZooModel", legacy_kind=True)
