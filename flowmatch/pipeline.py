@@ -88,19 +88,11 @@ class _Stages:
 
 
 def _translate_params(config: Config) -> dict[str, Any]:
-    t = config.translate
     return {
         "autoencoder_params": dict(config.autoencoder),
         "tree_params": dict(config.tree),
         "match_params": dict(config.match),
-        "space": t.space,
-        "n_gw_starts": t.n_gw_starts,
-        "n_refine": t.n_refine,
-        "balance_steps": t.balance_steps,
-        "max_crossing": t.max_crossing,
-        "max_exact": t.max_exact,
-        "group_penalty": t.group_penalty,
-        "anchor_weight": t.anchor_weight,
+        "settings": config.translate,
     }
 
 
