@@ -276,3 +276,29 @@ def test_wasserstein_procrustes_recovers_a_hidden_rotation_without_pairs() -> No
     _, _, xa, xb = sphere_pair(a, b, None)
     ea, eb = xa[:500], xb[:500]
     assert wp_objective(ea, eb, q) < wp_objective(ea, eb, _rotation(8, 5))  # it sees the answer
+
+
+def test_wasserstein_procrustes_without_probes_keeps_the_best_final_run() -> None:
+    rng = np.random.default_rng(10)
+    a, b = rng.normal(size=(60, 4)), rng.normal(size=(70, 4))
+    small = dict(convex_sample=30, convex_iter=3, n_epochs=1, n_iter=3, batch_size=20)
+    m = fit_wasserstein_procrustes(a, b, n_restarts=2, n_probe=None, eval_sample=50, **small)
+    assert m.probe_objectives.shape == (3,) and m.kept == int(np.argmin(m.probe_objectives))
+    assert m.objective == pytest.approx(m.probe_objectives[m.kept])
+
+
+@pytest.mark.parametrize(
+    ("fit", "bad"),
+    [
+        (fit_wasserstein_procrustes, dict(init="random", n_restarts=0)),
+        (fit_wasserstein_procrustes, dict(solver="lbfgs")),
+        (fit_wasserstein_procrustes, dict(norm="unit")),
+        (fit_mini_vec2vec, dict(smoothing=1.0)),
+        (fit_mini_vec2vec, dict(qap_method="exhaustive")),
+        (fit_mini_vec2vec, dict(n_components=7)),
+    ],
+)
+def test_peers_reject_bad_settings(fit, bad) -> None:  # type: ignore[no-untyped-def]
+    rng = np.random.default_rng(11)
+    with pytest.raises(ValueError):
+        fit(rng.normal(size=(30, 6)), rng.normal(size=(30, 6)), **bad)
