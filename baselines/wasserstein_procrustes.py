@@ -174,7 +174,7 @@ def convex_init(
     if sqrt_spectrum:
         x, y = _sqrt_spectrum(x), _sqrt_spectrum(y)
     gx, gy = x.T @ x, y.T @ y  # K² = X (XᵀX) Xᵀ
-    y = y * np.sqrt(np.linalg.norm(gx) / max(np.linalg.norm(gy), 1e-300))
+    y = y * np.sqrt(float(np.linalg.norm(gx)) / max(float(np.linalg.norm(gy)), 1e-300))
     gy = y.T @ y
     n = len(x)
     p = np.full((n, n), 1.0 / n)
