@@ -32,7 +32,7 @@ Differences from the reference notebook, all optional or about plumbing:
 
 * **QAP solver.** The notebook calls ``scipy.optimize.quadratic_assignment(method="2opt")``
   30 times per run (its ``P0`` option belongs to FAQ and is ignored by 2-opt). Here the same
-  2-opt local search runs on all 30 random starts at once (:mod:`baselines._qap`; it takes the
+  2-opt local search runs on all 30 random starts at once (:mod:`flowmatch.qap`; it takes the
   best swap at each step where scipy takes the first, so the local optima are the same kind):
   about a hundred times faster, and it reaches scipy's best objective in the tests.
   ``qap_method="faq"`` runs scipy's FAQ (Vogelstein et al. 2015) from random doubly stochastic
@@ -74,7 +74,6 @@ from sklearn.cluster import KMeans
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from baselines._qap import two_opt
 from baselines._sphere import (
     SphereMap,
     check_norm,
@@ -85,6 +84,7 @@ from baselines._sphere import (
 )
 from baselines.base import FitData, Method, register
 from flowmatch._validation import check_fitted
+from flowmatch.qap import two_opt_batch
 
 __all__ = [
     "MiniVec2Vec",
@@ -161,7 +161,7 @@ def _match_centroids(
     n = len(ka)
     if method == "2opt":
         starts = np.stack([rng.permutation(n) for _ in range(restarts)])
-        perms, objective = two_opt(ka, kb, starts)
+        perms, objective = two_opt_batch(ka, kb, starts)
         best, best_fun = perms[int(np.argmax(objective))], float(objective.max())
     else:
         best, best_fun = np.arange(n), -np.inf

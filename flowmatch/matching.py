@@ -16,7 +16,7 @@ The leaf assignment minimises a fused Gromov–Wasserstein-type objective over i
          + w_prom · mean_i |p_a[i] − p_b[πi]|
 
 solved exactly by enumeration when small, otherwise by 2-opt quadratic assignment from a
-distance-profile start and random starts (:mod:`flowmatch._qap`), followed for small trees by
+distance-profile start and random starts (:mod:`flowmatch.qap`), followed for small trees by
 pairwise-swap descent on J. Confidences come
 from a Boltzmann weighting of all distinct candidate assignments found.
 
@@ -38,7 +38,7 @@ import networkx as nx
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
-from flowmatch._qap import two_opt
+from flowmatch.qap import two_opt
 
 __all__ = [
     "TreeMatching",

@@ -28,9 +28,9 @@ from sklearn.cluster import KMeans
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from flowmatch._qap import qap_search
 from flowmatch.alignment import fit_orthogonal, polar
 from flowmatch.gromov import gw_initial_map
+from flowmatch.qap import qap_search
 
 __all__ = [
     "Anchors",
@@ -111,7 +111,7 @@ def cluster_anchors(
 
     Each run clusters a fresh subsample (at most ``max_rows`` rows) of each side's unit-length
     rows into ``n_clusters`` and matches the two sets of centroids by the best of
-    ``n_restarts`` 2-opt searches (:mod:`flowmatch._qap`).
+    ``n_restarts`` 2-opt searches (:mod:`flowmatch.qap`).
 
     Parameters
     ----------

@@ -15,7 +15,6 @@ import torch
 from scipy.optimize import quadratic_assignment
 
 from baselines import FitData, get_method, list_methods
-from baselines._qap import qap_objective, swap_gains, two_opt
 from baselines._sphere import (
     SphereCoordinates,
     inner_product_neighbours,
@@ -30,6 +29,7 @@ from baselines.wasserstein_procrustes import (
     wp_objective,
 )
 from flowmatch._validation import NotFittedError
+from flowmatch.qap import qap_objective, swap_gains, two_opt_batch
 
 PEERS = ["mini_vec2vec", "wasserstein_procrustes"]
 FAST_MV = dict(n_runs=10, n_refine=30, n_refine_clusters=100)
@@ -96,7 +96,7 @@ def test_two_opt_recovers_a_permuted_kernel_and_matches_scipy() -> None:
     ka = c @ c.T
     perm = rng.permutation(20)
     kb = ka[np.ix_(perm, perm)]  # kb[i, j] = ka[perm[i], perm[j]]
-    perms, objective = two_opt(ka, kb, np.stack([rng.permutation(20) for _ in range(30)]))
+    perms, objective = two_opt_batch(ka, kb, np.stack([rng.permutation(20) for _ in range(30)]))
     best = perms[np.argmax(objective)]
     np.testing.assert_array_equal(perm[best], np.arange(20))  # A's i ↔ B's best[i]
     assert objective.max() == pytest.approx(float((ka * ka).sum()))
