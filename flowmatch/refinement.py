@@ -45,6 +45,7 @@ def refine_nearest(
     k: int = 50,
     smoothing: float = 0.5,
     max_targets: int = 20_000,
+    orthogonal: bool = False,
     seed: int = 0,
     progress: bool = False,
 ) -> Tensor:
@@ -56,8 +57,11 @@ def refine_nearest(
     n_rounds : refinement rounds, each on ``batch`` fresh A rows against at most
         ``max_targets`` B rows (so a round costs O(batch · max_targets · p), whatever n).
     k : B neighbours averaged into each partner.
-    smoothing : weight of the previous map in each step (the new fit gets ``1 − smoothing``);
-        the average is projected back onto the orthogonal matrices.
+    smoothing : weight of the previous map in each step (the new fit gets ``1 − smoothing``).
+    orthogonal : project each average back onto the orthogonal matrices. Without it (the
+        default, as in mini-vec2vec) the map is an average of rotations fitted to different
+        batches, which shrinks the directions the batches disagree on: the noisily determined
+        ones weigh less in every mapped row.
     """
     if not 0.0 <= smoothing < 1.0:
         raise ValueError(f"smoothing must lie in [0, 1), got {smoothing}")
@@ -68,7 +72,8 @@ def refine_nearest(
         src = xa[torch.as_tensor(subsample(len(xa), batch, rng))]
         base = xb[torch.as_tensor(subsample(len(xb), max_targets, rng))]
         dst = _mean_of_nearest(src @ rot.float().T, base, base, k)
-        rot = polar(smoothing * rot + (1.0 - smoothing) * fit_orthogonal(src, dst))
+        rot = smoothing * rot + (1.0 - smoothing) * fit_orthogonal(src, dst)
+        rot = polar(rot) if orthogonal else rot
     return rot
 
 
@@ -79,14 +84,16 @@ def refine_clusters(
     *,
     n_clusters: int = 500,
     smoothing: float = 0.5,
+    orthogonal: bool = False,
     seed: int = 0,
 ) -> Tensor:
     """One cluster correction  # (p_b, p_a) → (p_b, p_a), float64.
 
     k-means on A's unit rows; k-means on B's started from A's centroids carried over by the map,
     so that cluster i of B grows where cluster i of A lands; Procrustes between the two sets of
-    centroids, averaged with the map as in :func:`refine_nearest`. ``n_clusters`` is capped at a
-    tenth of the smaller side, so that every centroid averages several rows.
+    centroids, averaged with the map as in :func:`refine_nearest` (``orthogonal`` likewise).
+    ``n_clusters`` is capped at a tenth of the smaller side, so that every centroid averages
+    several rows.
     """
     xa, xb = normalise_rows(u_a).numpy(), normalise_rows(u_b).numpy()
     k = int(min(n_clusters, len(xa) // 10, len(xb) // 10))
@@ -96,7 +103,8 @@ def refine_clusters(
     ca = KMeans(k, n_init=1, random_state=seed).fit(xa).cluster_centers_
     init = ca @ rot.numpy().T
     cb = KMeans(k, n_init=1, init=init, max_iter=100).fit(xb).cluster_centers_
-    return polar(smoothing * rot + (1.0 - smoothing) * fit_orthogonal(ca, cb))
+    rot = smoothing * rot + (1.0 - smoothing) * fit_orthogonal(ca, cb)
+    return polar(rot) if orthogonal else rot
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from flowmatch._validation import check_int, check_real
+from flowmatch._validation import check_bool, check_int, check_real
 
 __all__ = ["START_FAMILIES", "TranslateSettings"]
 
@@ -33,6 +33,7 @@ def _check_starts(name: str, value: Any) -> None:
 
 _RULES: dict[str, Callable[[str, Any], None]] = {
     "n_components": lambda n, v: check_int(n, v, 1, none=True),
+    "search_components": lambda n, v: check_int(n, v, 1),
     "starts": _check_starts,
     "n_clusters": lambda n, v: check_int(n, v, 2),
     "n_anchor_runs": lambda n, v: check_int(n, v, 1),
@@ -44,6 +45,7 @@ _RULES: dict[str, Callable[[str, Any], None]] = {
     "n_refine": lambda n, v: check_int(n, v, 0),
     "refine_batch": lambda n, v: check_int(n, v, 2),
     "smoothing": lambda n, v: check_real(n, v, 0.0, 1.0, high_open=True),
+    "orthogonal": check_bool,
     "max_targets": lambda n, v: check_int(n, v, 2),
     "n_refine_clusters": lambda n, v: check_int(n, v, 0),
     "balance_steps": lambda n, v: check_int(n, v, 0),
@@ -62,6 +64,11 @@ class TranslateSettings:
         n_components : map coordinates per side; ``None``: three times the larger participation
             ratio, at least 16, at most 99% of the variance
             (:func:`flowmatch.coordinates.choose_n_components`).
+        search_components : ``p0``, the leading coordinates on which the starts are built and
+            selected; the kept map is then refined on twice as many, and so on up to all
+            (:func:`flowmatch.translation.search_widths`). The strong directions are the best
+            determined: searching there first finds maps a search on all of them misses when
+            rows are few (README, "How translate finds the map").
     Starting maps
         starts : which families give candidate maps (:data:`START_FAMILIES`).
         n_clusters, n_anchor_runs, n_qap_restarts, anchor_rows : k-means anchors — clusters per
@@ -71,9 +78,13 @@ class TranslateSettings:
     Refine and select
         n_probe : nearest-neighbour refinement rounds every candidate gets before the
             selection criterion (:func:`flowmatch.refinement.alignment_score`) picks one.
-        n_refine : total rounds the kept map gets (``n_probe`` of them already done).
+        n_refine : rounds the kept map gets at each width of the coarse-to-fine schedule
+            (``n_probe`` of the first width's already done).
         refine_batch, smoothing, max_targets : A rows per round, weight of the previous map in
             each step, B rows searched per round.
+        orthogonal : keep the map orthogonal; by default it is the running average of the
+            rounds' rotations, which shrinks the directions they disagree on
+            (:func:`flowmatch.refinement.refine_nearest`).
         n_refine_clusters : clusters of the closing cluster correction (0: none).
     Balancing (optional)
         balance_steps, max_crossing, max_exact, group_penalty : when at most ``max_crossing`` of
@@ -85,6 +96,7 @@ class TranslateSettings:
     """
 
     n_components: int | None = None
+    search_components: int = 32
     starts: tuple[str, ...] = START_FAMILIES
     n_clusters: int = 20
     n_anchor_runs: int = 30
@@ -96,6 +108,7 @@ class TranslateSettings:
     n_refine: int = 100
     refine_batch: int = 1000
     smoothing: float = 0.5
+    orthogonal: bool = False
     max_targets: int = 20_000
     n_refine_clusters: int = 500
     balance_steps: int = 10

@@ -8,10 +8,12 @@ Stages (each a function below, with its own module and tests):
 2. **density trees** — a volume-preserving flow autoencoder per side, the merge tree of its
    latent density, the two trees matched (:mod:`flowmatch.density_tree`,
    :mod:`flowmatch.matching`);
-3. **starting maps** — orthogonal maps from anchors: k-means centroids matched by quadratic
-   assignment, the trees' matched modes, Gromov–Wasserstein couplings (:mod:`flowmatch.starts`);
+3. **starting maps** — orthogonal maps between the leading ``p0`` coordinates from anchors:
+   k-means centroids matched by quadratic assignment, the trees' matched modes, principal axes
+   with their skews, Gromov–Wasserstein couplings (:mod:`flowmatch.starts`);
 4. **refine and select** — every start gets a few nearest-neighbour refinement rounds, the
-   best under the selection criterion gets the rest (:mod:`flowmatch.refinement`);
+   best under the selection criterion is refined coarse to fine, on ever more coordinates
+   (:mod:`flowmatch.refinement`);
 5. **balancing** (optional) — when the map carries modes one-to-one, optimal-transport steps
    that give paired modes equal mass (:func:`flowmatch.alignment.refine_map`);
 6. **explanation** — which mode of A the map carries onto which mode of B
@@ -419,6 +421,22 @@ def starting_maps(
     return out
 
 
+def search_widths(p: int, search_components: int) -> list[int]:
+    """Coordinate widths of the coarse-to-fine search: ``p0 = min(p, search_components)``, then
+    doubling, then ``p``  # e.g. (298, 32) → [32, 64, 128, 256, 298]."""
+    widths = [min(p, search_components)]
+    while widths[-1] < p:
+        widths.append(min(2 * widths[-1], p))
+    return widths
+
+
+def _widened(rot: Tensor, width: int) -> Tensor:
+    """``rot`` (w, w) as the leading block of a (width, width) map, zero elsewhere."""
+    out = torch.zeros(width, width, dtype=torch.float64)
+    out[: rot.shape[0], : rot.shape[1]] = rot
+    return out
+
+
 def refine_and_select(
     u_a: Tensor,
     u_b: Tensor,
@@ -428,14 +446,18 @@ def refine_and_select(
     seed: int = 0,
     progress: bool = False,
 ) -> tuple[str, Tensor, dict[str, dict[str, float]]]:
-    """Stage 4: ``n_probe`` refinement rounds for every start, the best under
-    :func:`~flowmatch.refinement.alignment_score` (CSLS) gets the remaining rounds and the
-    cluster correction.
+    """Stage 4: select a start and refine it coarse to fine.
+
+    Every start (maps between the ``p0`` leading coordinates, :func:`search_widths`) gets
+    ``n_probe`` nearest-neighbour rounds; the best under
+    :func:`~flowmatch.refinement.alignment_score` (CSLS, measured at ``p0``) gets
+    ``n_refine`` rounds at each width of the schedule — the map found on the strong directions
+    is the start on the next, wider set — then the cluster correction at the full width.
 
     Returns
     -------
-    name : the kept start ; rotation : Tensor  # (p_b, p_a) ; scores : per start, its score
-        after the probe rounds, and ``"final"`` for the refined kept map.
+    name : the kept start ; rotation : Tensor  # (p, p) ; scores : per start, its score after
+        the probe rounds, and ``"final"`` for the refined kept map at the full width.
     """
     s = settings
     rounds = {
@@ -443,23 +465,30 @@ def refine_and_select(
         "k": s.neighbours,
         "smoothing": s.smoothing,
         "max_targets": s.max_targets,
+        "orthogonal": s.orthogonal,
     }
+    widths = search_widths(u_a.shape[1], s.search_components)
+    ua0, ub0 = u_a[:, : widths[0]], u_b[:, : widths[0]]
     probed, scores = {}, {}
     for name, rot in starts.items():
-        probed[name] = refine_nearest(u_a, u_b, rot, n_rounds=s.n_probe, seed=seed, **rounds)
-        scores[name] = asdict(alignment_score(u_a, u_b, probed[name]))
+        probed[name] = refine_nearest(ua0, ub0, rot, n_rounds=s.n_probe, seed=seed, **rounds)
+        scores[name] = asdict(alignment_score(ua0, ub0, probed[name]))
     kept = max(scores, key=lambda name: scores[name]["csls"])
-    rot = refine_nearest(
-        u_a,
-        u_b,
-        probed[kept],
-        n_rounds=max(s.n_refine - s.n_probe, 0),
-        seed=seed + 1,
-        progress=progress,
-        **rounds,
-    )
+    rot = probed[kept]
+    bar = tqdm(widths, desc="refine", disable=not progress, leave=False)
+    for stage, width in enumerate(bar):
+        rot = refine_nearest(
+            u_a[:, :width],
+            u_b[:, :width],
+            _widened(rot, width),
+            n_rounds=max(s.n_refine - (s.n_probe if stage == 0 else 0), 0),
+            seed=seed + 1 + stage,
+            **rounds,
+        )
     if s.n_refine_clusters:
-        rot = refine_clusters(u_a, u_b, rot, n_clusters=s.n_refine_clusters, seed=seed)
+        rot = refine_clusters(
+            u_a, u_b, rot, n_clusters=s.n_refine_clusters, orthogonal=s.orthogonal, seed=seed
+        )
     scores["final"] = asdict(alignment_score(u_a, u_b, rot))
     return kept, rot, scores
 
@@ -593,7 +622,10 @@ def translate(
     ua, ub = coords[0].transform(xa), coords[1].transform(xb)
     trees = fit_trees(ae_a, xa, ae_b, xb, {"tree": tp, "match": match_params or {}}, seed)
     done("coordinates and trees")
-    starts = starting_maps(ua, ub, s, trees=trees, pairs=known, seed=seed, progress=progress)
+    p0 = search_widths(ua.shape[1], s.search_components)[0]
+    starts = starting_maps(
+        ua[:, :p0], ub[:, :p0], s, trees=trees, pairs=known, seed=seed, progress=progress
+    )
     done("starting maps")
     kept, rot, scores = refine_and_select(ua, ub, starts, s, seed=seed, progress=progress)
     done("refine and select")
