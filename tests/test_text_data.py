@@ -162,7 +162,9 @@ def test_embed_corpus_caches_and_extends(tmp_path, monkeypatch):
     monkeypatch.setitem(
         td.ENCODERS, "toy-enc", td.EncoderSpec("toy-enc", "toy", 3, "toy", "none", (), build)
     )
+    assert td.cached_rows("toy", "toy-enc") == 0
     x5, y5, t5 = td.embed_corpus("toy", "toy-enc", limit=5, progress=False)
+    assert td.cached_rows("toy", "toy-enc") == 5
     assert x5.shape == (5, 3) and x5.dtype == np.float32 and len(t5) == 5 and sum(calls) == 5
     path = td.cache_file("toy", "toy-enc")
     assert path.exists() and path.parent == tmp_path / "embeddings"

@@ -79,6 +79,7 @@ __all__ = [
     "EncoderSpec",
     "MissingDataError",
     "cache_file",
+    "cached_rows",
     "corpus_version",
     "embed_corpus",
     "encoder_version",
@@ -903,6 +904,21 @@ def load_cached(path: str | os.PathLike) -> tuple[np.ndarray, dict[str, Any]]:
 
     tensors, meta = load_state(path)
     return tensors["embeddings"].numpy(), meta
+
+
+def cached_rows(corpus: str, encoder: str) -> int:
+    """Rows of ``corpus`` already embedded by ``encoder`` in the cache (0 when none).
+
+    :func:`embed_corpus` with ``limit <= cached_rows(...)`` reads the cache without loading
+    the encoder; a larger limit embeds the missing rows first.
+    """
+    path = cache_file(corpus, encoder)
+    if not path.exists():
+        return 0
+    meta_path = path.with_suffix(".json")
+    if meta_path.exists():
+        return int(json.loads(meta_path.read_text(encoding="utf-8"))["n"])
+    return int(load_cached(path)[1]["n"])
 
 
 def _save_cache(path: Path, emb: np.ndarray, meta: dict[str, Any]) -> None:
