@@ -719,7 +719,7 @@ def _mpnet_dir() -> Path:
         hit = [f for f in dist.files or [] if str(f).endswith(f".zip.{k:03d}")]
         if not hit:
             raise ImportError(f"{dist_name} holds no all-mpnet-base-v2.zip.{k:03d}")
-        parts.append(Path(dist.locate_file(hit[0])))
+        parts.append(Path(str(dist.locate_file(hit[0]))))
     import zipfile
 
     target.parent.mkdir(parents=True, exist_ok=True)
