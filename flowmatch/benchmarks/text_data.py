@@ -28,13 +28,15 @@ Encoders (:data:`ENCODERS`)
 Corpora (:data:`CORPORA`)
     ``wordnet``
         One text per WordNet 3.0 synset: the definition part of its gloss (the example
-        sentences in quotes are dropped), from Debian's ``wordnet-base``. Labels: the synset's
-        lexicographer file (``noun.animal``, ``verb.motion``, ... 45 in all).
+        sentences in quotes are dropped: they are usage, not description, and only some
+        synsets have them), from Debian's ``wordnet-base``; 116,697 distinct texts from
+        wordnet-base 3.0 (median 9 words). Labels: the synset's lexicographer file
+        (``noun.animal``, ``verb.motion``, ... 45 in all).
     ``manpages``
         Paragraphs of the manual pages shipped by Debian's ``manpages`` and ``manpages-dev``,
         rendered by groff (``groff-base``) to plain text, 20 to 200 words, code-like blocks and
-        the NAME / SYNOPSIS / SEE ALSO sections dropped. Labels: the manual section
-        (``man2``, ``man3``, ...).
+        the NAME / SYNOPSIS / SEE ALSO sections dropped; 12,906 distinct paragraphs from
+        manpages 6.03 (median 36 words). Labels: the manual section (``man2``, ``man3``, ...).
 
     Both are deduplicated (exact text after whitespace normalisation) and put in a fixed
     seeded order, so the first ``n`` texts are a uniform random subset and ids are stable.
