@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 import torch
-
 from _synthetic import manifold_rotation_pair
+
 from flowmatch.alignment import polar
 from flowmatch.coordinates import MapCoordinates
 from flowmatch.refinement import alignment_score, refine_clusters, refine_nearest

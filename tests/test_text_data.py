@@ -4,7 +4,6 @@ encoders and Debian corpora. Nothing here uses the network or embeds a large cor
 from __future__ import annotations
 
 import gzip
-import json
 import shutil
 from pathlib import Path
 
@@ -169,7 +168,7 @@ def test_embed_corpus_caches_and_extends(tmp_path, monkeypatch):
     path = td.cache_file("toy", "toy-enc")
     assert path.exists() and path.parent == tmp_path / "embeddings"
     assert path.name.startswith("toy__toy-enc__")
-    meta = json.loads(path.with_suffix(".json").read_text())
+    meta = td.load_cached(path)[1]
     assert meta["n"] == 5 and meta["d"] == 3 and meta["corpus"] == "toy"
     x8, y8, t8 = td.embed_corpus("toy", "toy-enc", limit=8, progress=False)
     assert sum(calls) == 8  # only the three missing rows were embedded

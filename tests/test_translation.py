@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 import torch
-
 from _synthetic import manifold_rotation_pair
+
 from flowmatch.settings import TranslateSettings
 from flowmatch.translation import Translation, translate
 

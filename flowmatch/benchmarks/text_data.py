@@ -43,9 +43,9 @@ Corpora (:data:`CORPORA`)
 
 Cache
     :func:`embed_corpus` stores ``<cache>/embeddings/<corpus>__<encoder>__<hash>.safetensors``
-    (with a JSON sidecar) where ``<cache>`` is :func:`flowmatch.zoo.cache_dir` and ``<hash>``
-    covers the corpus version, the encoder recipe and the package versions. A file holds a
-    prefix of the corpus order; asking for more rows embeds only the missing ones.
+    (its JSON metadata in the header), where ``<cache>`` is :func:`flowmatch.zoo.cache_dir` and
+    ``<hash>`` covers the corpus version, the encoder recipe and the package versions. A file
+    holds a prefix of the corpus order; asking for more rows embeds only the missing ones.
 
 Usage::
 
@@ -904,8 +904,9 @@ def load_cached(path: str | os.PathLike) -> tuple[np.ndarray, dict[str, Any]]:
     """
     from flowmatch._io import load_state
 
-    tensors, meta = load_state(path)
-    return tensors["embeddings"].numpy(), meta
+    art = load_state(path, "EmbeddingCache", legacy_kind=True)
+    emb = art.tensor("embeddings", "float", (None, None))
+    return emb.float().numpy(), art.meta
 
 
 def cached_rows(corpus: str, encoder: str) -> int:
@@ -914,22 +915,22 @@ def cached_rows(corpus: str, encoder: str) -> int:
     :func:`embed_corpus` with ``limit <= cached_rows(...)`` reads the cache without loading
     the encoder; a larger limit embeds the missing rows first.
     """
+    from flowmatch.outputs import safetensors_metadata
+
     path = cache_file(corpus, encoder)
-    if not path.exists():
+    header = safetensors_metadata(path) if path.exists() else None
+    if not header or "flowmatch" not in header:
         return 0
-    meta_path = path.with_suffix(".json")
-    if meta_path.exists():
-        return int(json.loads(meta_path.read_text(encoding="utf-8"))["n"])
-    return int(load_cached(path)[1]["n"])
+    return int(json.loads(header["flowmatch"])["n"])
 
 
 def _save_cache(path: Path, emb: np.ndarray, meta: dict[str, Any]) -> None:
     import torch
 
-    from flowmatch._io import save_state, write_json
+    from flowmatch._io import save_state
 
-    save_state(path, {"embeddings": torch.from_numpy(np.ascontiguousarray(emb))}, meta)
-    write_json(path.with_suffix(".json"), meta)
+    tensors = {"embeddings": torch.from_numpy(np.ascontiguousarray(emb))}
+    save_state(path, tensors, meta, kind="EmbeddingCache")
 
 
 def embed_corpus(
