@@ -37,7 +37,7 @@ import yaml
 
 from flowmatch._validation import MAX_SEED, check_bool, check_int, check_real
 from flowmatch.outputs import OutputPathError, check_file_output, check_name
-from flowmatch.settings import TranslateSettings
+from flowmatch.settings import TranslateSettings, check_setting
 
 __all__ = ["Config", "ConfigError", "load_config", "config_from_dict"]
 
@@ -147,10 +147,9 @@ def _mapping(name: str, value: Any) -> dict[str, Any]:
 def _translate(value: Any) -> TranslateSettings:
     raw = dict(_mapping("translate", value))
     _check_keys("translate", raw, {f.name for f in dataclasses.fields(TranslateSettings)})
-    try:
-        return TranslateSettings(**raw)
-    except (TypeError, ValueError) as err:
-        raise ConfigError(f"config section 'translate': {err}") from None
+    for key, value in raw.items():
+        _checked(f"translate.{key}", functools.partial(check_setting, key, value))
+    return TranslateSettings(**raw)
 
 
 def _compare(value: Any) -> CompareSettings:

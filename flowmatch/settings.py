@@ -12,7 +12,7 @@ from typing import Any
 
 from flowmatch._validation import check_bool, check_int, check_real
 
-__all__ = ["START_FAMILIES", "TranslateSettings"]
+__all__ = ["START_FAMILIES", "TranslateSettings", "check_setting"]
 
 START_FAMILIES = ("clusters", "modes", "moments", "gw")
 """Starting-map families: k-means anchors matched by quadratic assignment (``clusters``), the
@@ -54,6 +54,14 @@ _RULES: dict[str, Callable[[str, Any], None]] = {
     "group_penalty": lambda n, v: check_real(n, v, 0.0),
     "anchor_weight": lambda n, v: check_real(n, v, 0.0),
 }
+
+
+def check_setting(name: str, value: Any) -> None:
+    """Raise ``TypeError``/``ValueError`` naming ``name`` unless ``value`` is valid for it
+    (``KeyError`` for an unknown name)."""
+    if name not in _RULES:
+        raise KeyError(f"unknown translate setting {name!r}; valid: {', '.join(_RULES)}")
+    _RULES[name](name, value)
 
 
 @dataclass(frozen=True)
@@ -121,7 +129,7 @@ class TranslateSettings:
         if isinstance(self.starts, list):
             object.__setattr__(self, "starts", tuple(self.starts))
         for f in dataclasses.fields(self):
-            _RULES[f.name](f.name, getattr(self, f.name))
+            check_setting(f.name, getattr(self, f.name))
 
     def replace(self, **changes: Any) -> TranslateSettings:
         """A copy with ``changes``; unknown names raise ``TypeError`` listing the valid ones."""

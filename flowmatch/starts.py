@@ -175,6 +175,7 @@ def _mean_of_nearest(
             torch.stack([rows, nb.reshape(-1)]),
             torch.full((rows.numel(),), 1.0 / k),
             (len(nb), len(base)),
+            check_invariants=False,
         )
         out[s : s + chunk] = torch.sparse.mm(weight, values)
     return out

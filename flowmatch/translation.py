@@ -196,7 +196,7 @@ class Translation:
             meta: dict[str, Any] = {"info": self.info_, "coordinates": {}}
             for side, coords in (("a", self.coords_a_), ("b", self.coords_b_)):
                 t, m = coords.to_state()
-                tensors.update({f"coords_{side}.{k}": v for k, v in t.items()})
+                tensors.update({f"coords_{side}.{k}": v.clone() for k, v in t.items()})
                 meta["coordinates"][side] = m
             if self.matching_ is not None:
                 m = self.matching_
@@ -211,10 +211,12 @@ class Translation:
                     "method": m.method,
                     "node_pairs": [[str(a), str(b)] for a, b in m.node_pairs],
                 }
+            sides = [s for s, ae in (("a", self.autoencoder_a_), ("b", self.autoencoder_b_)) if ae]
+            meta["autoencoders"] = sides
             save_state(tmp / "translation.safetensors", tensors, meta, kind="Translation")
-            for side, ae in (("a", self.autoencoder_a_), ("b", self.autoencoder_b_)):
-                if ae is not None:
-                    ae.save(tmp / f"autoencoder_{side}.safetensors")
+            for side in sides:
+                ae = self.autoencoder_a_ if side == "a" else self.autoencoder_b_
+                ae.save(tmp / f"autoencoder_{side}.safetensors")
         return Path(path)
 
     @classmethod
@@ -238,6 +240,11 @@ class Translation:
                 "written by an earlier flowmatch whose maps acted on the autoencoders' own "
                 "coordinates; fit the translation again"
             )
+        saved = art.field("autoencoders", list)
+        aes = [
+            _load_autoencoder(path / f"autoencoder_{side}.safetensors") if side in saved else None
+            for side in "ab"
+        ]
         coords = [_load_coordinates(art, side) for side in "ab"]
         p_a, p_b = (c.components_.shape[1] for c in coords)
         matrix = art.tensor("matrix", torch.float64, (p_b, p_a))
@@ -246,7 +253,6 @@ class Translation:
         if not isinstance(info, dict):
             raise art.error("metadata entry 'info' must be an object")
         matching = _load_matching(art) if "leaf_pairs" in art.tensors else None
-        aes = [_load_autoencoder(path / f"autoencoder_{side}.safetensors") for side in "ab"]
         return cls(
             *coords,
             matrix,
@@ -289,7 +295,7 @@ def _load_coordinates(art: Any, side: str) -> MapCoordinates:
 def _load_autoencoder(path: Path) -> Any:
     from flowmatch.autoencoder import FlowAutoencoder
 
-    return FlowAutoencoder.load(path) if path.exists() else None
+    return FlowAutoencoder.load(path)
 
 
 def _load_matching(art: Any) -> TreeMatching:

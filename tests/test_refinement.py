@@ -32,7 +32,11 @@ def test_refine_nearest_pulls_a_perturbed_map_back(coords):
     start = _perturbed(true, 0.5, 1)
     rot = refine_nearest(ua, ub, start, n_rounds=40, batch=500, k=10)
     assert _error_on_data(rot, true, ua) < 0.2 * _error_on_data(start, true, ua)
-    torch.testing.assert_close(rot @ rot.T, torch.eye(24, dtype=torch.float64))
+    ortho = refine_nearest(ua, ub, start, n_rounds=40, batch=500, k=10, orthogonal=True)
+    assert _error_on_data(ortho, true, ua) < 0.2 * _error_on_data(start, true, ua)
+    torch.testing.assert_close(ortho @ ortho.T, torch.eye(24, dtype=torch.float64))
+    singular = torch.linalg.svdvals(rot)  # the average of rotations shrinks, never stretches
+    assert float(singular.max()) <= 1.0 + 1e-9 and float(singular.min()) > 0.5
     with pytest.raises(ValueError, match="smoothing"):
         refine_nearest(ua, ub, start, smoothing=1.0)
 
