@@ -235,8 +235,10 @@ def test_bench_tree_bad_sizes_fail_fast():
 
 # ----------------------------------------------------------------------------- interrupts
 _SLOW_RUN = """
-import sys, time
+import signal, sys, time
 import flowmatch.zoo
+# a shell's background job inherits an ignored SIGINT; a user's terminal delivers it
+signal.signal(signal.SIGINT, signal.default_int_handler)
 from flowmatch.cli import main
 
 def slow(*args, **kwargs):

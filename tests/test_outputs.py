@@ -222,6 +222,15 @@ def test_figures_folder_only_in_new_empty_or_own_folders(tmp_path):
 def test_interrupt_between_the_renames_loses_nothing(tmp_path, translation, monkeypatch):
     """Ctrl-C arriving between "old aside" and "new in" is held until both renames are done;
     the old translation was lost in that window before."""
+    # a shell's background job inherits an ignored SIGINT; a user's terminal delivers it
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        _interrupt_between_renames(tmp_path, translation, monkeypatch)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _interrupt_between_renames(tmp_path, translation, monkeypatch):
     out = tmp_path / "t"
     translation.save(out)
     real_replace = os.replace
