@@ -85,6 +85,7 @@ def refine_clusters(
     n_clusters: int = 500,
     smoothing: float = 0.5,
     orthogonal: bool = False,
+    max_rows: int = 20_000,
     seed: int = 0,
 ) -> Tensor:
     """One cluster correction  # (p_b, p_a) → (p_b, p_a), float64.
@@ -93,9 +94,12 @@ def refine_clusters(
     so that cluster i of B grows where cluster i of A lands; Procrustes between the two sets of
     centroids, averaged with the map as in :func:`refine_nearest` (``orthogonal`` likewise).
     ``n_clusters`` is capped at a tenth of the smaller side, so that every centroid averages
-    several rows.
+    several rows. Each side's k-means sees at most ``max_rows`` rows (a seeded subsample), so
+    the cost does not grow with n.
     """
-    xa, xb = normalise_rows(u_a).numpy(), normalise_rows(u_b).numpy()
+    rng = np.random.default_rng(seed)
+    xa = normalise_rows(u_a[torch.as_tensor(subsample(len(u_a), max_rows, rng))]).numpy()
+    xb = normalise_rows(u_b[torch.as_tensor(subsample(len(u_b), max_rows, rng))]).numpy()
     k = int(min(n_clusters, len(xa) // 10, len(xb) // 10))
     rot = torch.as_tensor(rotation, dtype=torch.float64)
     if k < 2:

@@ -13,6 +13,7 @@ BENCHMARKS: dict[str, str] = {
     "interp": "Jacobian-sparsity rotations and the Local Interaction Basis on digits MLPs",
     "polytope": "polytope (spline-code) densities and code clusters on the zoo models",
     "embeddings": "zero-pair translation between pretrained sentence encoders (extra [text])",
+    "speed": "translate vs mini-vec2vec wall time and peak memory at 5e3-1e5 rows",
 }
 
 __all__ = ["BENCHMARKS"]

@@ -297,8 +297,12 @@ def _row(
     seconds = time.perf_counter() - start
     scores = retrieval_scores(fitted.transform(split.test_a), split.test_b)
     agreement = chance = None
+    note = ""
     if "translation" in fitted.extra:
-        agreement, chance = mode_agreement(fitted.extra["translation"], split, seed)
+        t = fitted.extra["translation"]
+        agreement, chance = mode_agreement(t, split, seed)
+        pairs = 0 if t.matching_ is None else len(t.matching_.leaf_pairs)
+        note = f"kept start {t.info_['initialisation']}; {pairs} matched mode pairs"
     paired = len(split.pairs_a) if method.startswith("supervised") else 0
     return EmbeddingRow(
         **base,
@@ -307,6 +311,7 @@ def _row(
         seconds=seconds,
         mode_agreement=agreement,
         mode_agreement_chance=chance,
+        note=note,
         **scores,
     )
 

@@ -1,0 +1,149 @@
+"""``flowmatch bench speed``: translate against mini-vec2vec at scale, side by side.
+
+Each size ``ROWSxDIM`` builds a synthetic pair (no extra, nothing downloaded): A's rows are
+a 50-component Gaussian mixture on a 32-dimensional subspace plus noise with a power-law
+spectrum over all ``DIM`` coordinates, L2-normalised like sentence embeddings; B's rows are
+*other* draws of the same distribution times a hidden random rotation. Both methods fit on the
+two unpaired sets in a fresh worker process each (its own peak resident memory) and are scored
+on 1,000 held-out paired rows: top-1 among them (cosine) and R².
+
+    python -m flowmatch.benchmarks.speed --sizes 5000x384 50000x384 100000x768
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from typing import Any
+
+import numpy as np
+import torch
+
+from flowmatch.benchmarks._common import (
+    environment,
+    peak_rss_mb,
+    print_table,
+    run_as_script,
+    run_isolated,
+    write_result,
+)
+
+__all__ = ["add_arguments", "measure_speed", "rotated_mixture", "run"]
+
+METHODS = ("flowmatch", "mini_vec2vec")
+
+
+def rotated_mixture(n: int, d: int, *, n_test: int = 1000, seed: int = 0):
+    """``(a, b, test_a, test_b)`` float32: unpaired (n, d) sets and paired (n_test, d) rows,
+    ``b = a' @ q.T`` for other draws ``a'`` and a hidden rotation ``q`` (see the module
+    docstring)."""
+    rng = np.random.default_rng(seed)
+    k, w = 50, min(32, d)
+    centres = rng.standard_normal((k, w)) * 2.0
+    lift = np.linalg.qr(rng.standard_normal((d, w)))[0]  # (d, w) orthonormal
+    noise_sd = 0.3 * np.arange(1, d + 1) ** -0.5
+    q = np.linalg.qr(rng.standard_normal((d, d)))[0]
+
+    def draw(m: int) -> np.ndarray:
+        z = centres[rng.integers(k, size=m)] + rng.standard_normal((m, w))
+        x = z @ lift.T + rng.standard_normal((m, d)) * noise_sd
+        return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+    a, other, test = draw(n), draw(n), draw(n_test)
+    rot = q.astype(np.float32)
+    return a, other @ rot.T, test, test @ rot.T
+
+
+def _fit_and_score(method: str, n: int, d: int, seed: int) -> dict[str, Any]:
+    """One method on one size, inside its worker: seconds, peak memory, scores."""
+    from flowmatch.benchmarks.embeddings import retrieval_scores
+
+    torch.manual_seed(seed)
+    a, b, test_a, test_b = rotated_mixture(n, d, seed=seed)
+    base_rss = peak_rss_mb()
+    start = time.perf_counter()
+    if method == "flowmatch":
+        from flowmatch.translation import translate
+
+        t = translate(a, b, seed=seed, progress=False)
+        predict, stages = t, t.info_["seconds"]
+    else:
+        from baselines.mini_vec2vec import fit_mini_vec2vec
+
+        m = fit_mini_vec2vec(a, b, seed=seed)
+        predict, stages = m.transform, {}
+    seconds = time.perf_counter() - start
+    scores = retrieval_scores(np.asarray(predict(test_a)), test_b)
+    return {
+        "rows": n,
+        "dim": d,
+        "method": method,
+        "seconds": round(seconds, 1),
+        "peak_rss_mb": round(peak_rss_mb(), 0),
+        "data_rss_mb": round(base_rss, 0),
+        "top1": scores["top1"],
+        "r2": round(scores["r2"], 4),
+        "stages": stages,
+    }
+
+
+def measure_speed(
+    sizes: list[tuple[int, int]], seed: int = 0, timeout: float | None = None
+) -> list[dict[str, Any]]:
+    """Both methods on every size, each in a fresh process; adds translate's time ratio."""
+    rows = []
+    for n, d in sizes:
+        pair = {}
+        for method in METHODS:
+            pair[method] = run_isolated(
+                _fit_and_score, method, n, d, seed, what=f"{method} at {n}x{d}", timeout=timeout
+            )
+            print({k: v for k, v in pair[method].items() if k != "stages"}, flush=True)
+        ratio = pair["flowmatch"]["seconds"] / max(pair["mini_vec2vec"]["seconds"], 1e-9)
+        for row in pair.values():
+            rows.append({**row, "time_vs_mini_vec2vec": round(ratio, 2)})
+    return rows
+
+
+def _size(text: str) -> tuple[int, int]:
+    try:
+        n, d = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected ROWSxDIM such as 50000x384, got {text!r}")
+    if n < 2000 or d < 2:
+        raise argparse.ArgumentTypeError(f"need at least 2000 rows and 2 dims, got {text!r}")
+    return n, d
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of the speed benchmark."""
+    parser.add_argument(
+        "--sizes", type=_size, nargs="+", default=[(5000, 384), (50000, 384), (100000, 768)]
+    )
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=None, help="torch/BLAS threads")
+    parser.add_argument("--timeout", type=float, default=None, help="seconds per fit")
+    parser.add_argument("--json", default=None, metavar="PATH", help="write the results here")
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Run the benchmark, print the table, return the figures."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    env = environment(args.seed)
+    print("environment: " + ", ".join(f"{k}={v}" for k, v in env.items()))
+    rows = measure_speed(args.sizes, args.seed, args.timeout)
+    print_table(
+        "translate vs mini-vec2vec (synthetic rotated mixture)",
+        [{k: v for k, v in r.items() if k != "stages"} for r in rows],
+    )
+    for r in rows:
+        if r["stages"]:
+            print(f"translate stages at {r['rows']}x{r['dim']} (s): {r['stages']}")
+    result = {"benchmark": "speed", "env": env, "rows": rows}
+    write_result(args.json, result)
+    return result
+
+
+if __name__ == "__main__":
+    run_as_script(__doc__, add_arguments, run)
