@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from baselines.base import Method
-from flowmatch._validation import as_matrix, check_fitted
+from flowmatch.validation import as_matrix, check_fitted
 
 __all__ = ["LinearMapMethod", "ScaledPCA", "compose_map"]
 

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from flowmatch._validation import as_matrix, check_fitted
+from flowmatch.validation import as_matrix, check_fitted
 
 __all__ = ["FitData", "Method", "REGISTRY", "get_method", "list_methods", "register", "to_numpy"]
 

@@ -41,8 +41,8 @@ from torch import Tensor
 
 from baselines._linear import LinearMapMethod, ScaledPCA, compose_map
 from baselines.base import FitData, register
-from flowmatch._validation import as_matrix
 from flowmatch.alignment import fit_similarity, refine_map
+from flowmatch.validation import as_matrix
 
 __all__ = ["ClusterPairs", "match_clusters", "translate_from_clusters"]
 

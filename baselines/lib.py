@@ -63,7 +63,7 @@ from tqdm.auto import tqdm
 from baselines._basis_matching import AffineBasis, BasisMatchingMethod
 from baselines._jacobians import Network, batched_jacobian, folded_stage, split_network
 from baselines.base import register
-from flowmatch._validation import as_matrix, check_fitted
+from flowmatch.validation import as_matrix, check_fitted
 
 __all__ = [
     "AblationCurve",

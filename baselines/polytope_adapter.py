@@ -28,8 +28,8 @@ from baselines.polytope import (
     relu_layers,
     spline_codes,
 )
-from flowmatch._validation import as_matrix, check_fitted
 from flowmatch.activations import find_module
+from flowmatch.validation import as_matrix, check_fitted
 
 __all__ = ["CODE_REGIONS", "PolytopeCodes"]
 

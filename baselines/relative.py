@@ -25,8 +25,8 @@ import torch
 from torch import Tensor, nn
 
 from baselines.base import FitData, Method, register
-from flowmatch._validation import check_fitted
 from flowmatch.alignment import fit_affine
+from flowmatch.validation import check_fitted
 
 __all__ = ["RelativeRepresentation", "relative_coordinates"]
 

@@ -51,7 +51,7 @@ from tqdm.auto import tqdm
 from baselines._basis_matching import AffineBasis, BasisMatchingMethod
 from baselines._jacobians import Network, split_network, stage_jacobians
 from baselines.base import register
-from flowmatch._validation import as_matrix, check_fitted, resolve_device, seed_everything
+from flowmatch.validation import as_matrix, check_fitted, resolve_device, seed_everything
 
 __all__ = [
     "SPARSITY_MEASURES",

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from flowmatch._io import ArtefactError, check_input_file, load_state, save_state
-from flowmatch._validation import check_finite, resolve_device
+from flowmatch.validation import check_finite, resolve_device
 
 __all__ = ["ActivationSet", "collect", "find_module"]
 

@@ -61,7 +61,6 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import inspect
 import json
 import logging
 import math
@@ -69,28 +68,33 @@ import os
 import time
 import warnings
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, ClassVar, cast
 
 import numpy as np
 import torch
+from sklearn.base import BaseEstimator
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from flowmatch import _autoencoder_io
 from flowmatch._gmm import GaussianMixture
 from flowmatch._io import load_state, save_state
-from flowmatch._validation import (
-    MAX_SEED,
-    as_matrix,
-    check_bool,
-    check_choice,
-    check_fitted,
-    check_int,
-    check_real,
-    resolve_device,
-)
 from flowmatch.flows import Flow, get_flow
 from flowmatch.outputs import check_file_output
+from flowmatch.validation import (
+    MAX_SEED,
+    Bool,
+    Constraint,
+    Instance,
+    Int,
+    Options,
+    Real,
+    Valid,
+    as_matrix,
+    check_fitted,
+    check_params,
+    resolve_device,
+)
 
 __all__ = ["FlowAutoencoder"]
 
@@ -119,8 +123,12 @@ def _gauss_log_prob(x: Tensor, var: Tensor) -> Tensor:
     return -0.5 * ((x**2) / var + torch.log(var) + _LOG_2PI).sum(dim=1)
 
 
-class FlowAutoencoder:
+class FlowAutoencoder(BaseEstimator):
     """Volume-preserving flow autoencoder (see the module docstring for the model).
+
+    A scikit-learn estimator: ``get_params``/``set_params``/``clone`` and the repr come from
+    :class:`sklearn.base.BaseEstimator`; every parameter has a declared constraint
+    (``_parameter_constraints``, :mod:`flowmatch.validation`) checked by ``fit``.
 
     Parameters
     ----------
@@ -189,6 +197,35 @@ class FlowAutoencoder:
     train_samples_per_second_ : float  # None after :meth:`load`
     """
 
+    _parameter_constraints: ClassVar[dict[str, Constraint]] = {
+        "latent_dim": Int(1, also=("auto",)),
+        "flow": Valid(get_flow),
+        "n_components": Int(1),
+        "d_flow": Int(1),
+        "hidden": Int(1),
+        "flow_options": Instance(dict, "a dict", none=True),
+        "covariance_type": Options(("full", "diag")),
+        "explained_variance": Real(0.0, 1.0, low_open=True),
+        "min_latent_dim": Int(1),
+        "reconstruction_weight": Real(0.0),
+        "training_noise": Real(0.0),
+        "lr": Real(0.0, low_open=True),
+        "batch_size": Int(1),
+        "max_epochs": Int(1),
+        "max_steps": Int(1, none=True),
+        "patience": Int(1),
+        "validation_fraction": Real(0.0, 1.0, high_open=True),
+        "min_variance": Real(0.0, low_open=True),
+        "on_constant": Options(("drop", "error")),
+        "max_time": Real(0.0, low_open=True, none=True),
+        "checkpoint": Instance((str, os.PathLike), "a path", none=True),
+        "checkpoint_every": Int(1),
+        "progress": Bool(),
+        "dtype": Options(tuple(_DTYPES)),
+        "device": Valid(resolve_device),
+        "seed": Int(0, MAX_SEED),
+    }
+
     def __init__(
         self,
         latent_dim: int | str = "auto",
@@ -246,56 +283,16 @@ class FlowAutoencoder:
         self.seed = seed
 
     # ------------------------------------------------------------------ parameters
-    def get_params(self, deep: bool = True) -> dict[str, Any]:
-        """Hyperparameters as a dict (scikit-learn convention)."""
-        names = list(inspect.signature(type(self).__init__).parameters)[1:]
-        return {n: getattr(self, n) for n in names}
-
-    def set_params(self, **params: Any) -> FlowAutoencoder:
-        """Set hyperparameters; unknown names raise ``ValueError``."""
-        valid = self.get_params()
-        for key, value in params.items():
-            if key not in valid:
-                raise ValueError(f"unknown parameter {key!r} for FlowAutoencoder")
-            setattr(self, key, value)
-        return self
-
-    def __repr__(self) -> str:
-        return f"FlowAutoencoder(latent_dim={self.latent_dim!r}, flow={self.flow!r}, ...)"
-
     def validate_params(self) -> None:
-        """Check every hyperparameter (types and finite ranges); ``fit`` calls this first.
+        """Check every hyperparameter against ``_parameter_constraints``; ``fit`` calls this
+        first.
 
         Raises ``TypeError`` or ``ValueError`` naming the first bad parameter, e.g.
         ``max_epochs must be >= 1, got 0``; an unknown flow raises ``KeyError``.
         """
-        get_flow(self.flow)
-        if self.latent_dim != "auto":
-            check_int("latent_dim", self.latent_dim, 1)
-        for name in ("n_components", "d_flow", "hidden", "min_latent_dim", "batch_size"):
-            check_int(name, getattr(self, name), 1)
-        for name in ("max_epochs", "patience", "checkpoint_every"):
-            check_int(name, getattr(self, name), 1)
-        check_int("max_steps", self.max_steps, 1, none=True)
-        check_int("seed", self.seed, 0, MAX_SEED)
-        if self.flow_options is not None and not isinstance(self.flow_options, dict):
-            raise TypeError(f"flow_options must be a dict or None, got {self.flow_options!r}")
-        check_choice("covariance_type", self.covariance_type, ("full", "diag"))
-        check_real("explained_variance", self.explained_variance, 0.0, 1.0, low_open=True)
-        check_real("reconstruction_weight", self.reconstruction_weight, 0.0)
-        check_real("training_noise", self.training_noise, 0.0)
-        check_real("lr", self.lr, 0.0, low_open=True)
-        check_real("validation_fraction", self.validation_fraction, 0.0, 1.0, high_open=True)
-        check_real("min_variance", self.min_variance, 0.0, low_open=True)
-        check_choice("on_constant", self.on_constant, ("drop", "error"))
-        check_real("max_time", self.max_time, 0.0, low_open=True, none=True)
-        if self.checkpoint is not None and not isinstance(self.checkpoint, str | os.PathLike):
-            raise TypeError(f"checkpoint must be a path or None, got {self.checkpoint!r}")
-        check_bool("progress", self.progress)
-        check_choice("dtype", self.dtype, tuple(_DTYPES))
-        resolve_device(self.device)
+        check_params(self.get_params(deep=False), self._parameter_constraints)
 
-    _check_params = validate_params
+    _validate_params = validate_params  # scikit-learn's hook calls the same checks
 
     # ------------------------------------------------------------------ preprocessing
     def _fit_preprocessing(self, x: Tensor) -> None:

@@ -186,8 +186,8 @@ def _add_bench_arguments(parser: argparse.ArgumentParser, name: str) -> None:
 
 def _expected_errors() -> tuple[type[BaseException], ...]:
     """Error classes that mean bad input, arguments, files or environment (not a bug)."""
-    from flowmatch._validation import NotFittedError
     from flowmatch.benchmarks._common import BenchmarkError
+    from flowmatch.validation import NotFittedError
 
     return (
         ValueError,

@@ -38,7 +38,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from flowmatch import metrics
-from flowmatch._validation import seed_everything
+from flowmatch.validation import seed_everything
 from flowmatch.zoo import ModelPair, accuracy, load_pair
 
 __all__ = ["COLUMNS", "ComparisonReport", "MethodResult", "compare", "protocol_data"]

@@ -35,8 +35,8 @@ from typing import Any
 
 import yaml
 
-from flowmatch._validation import MAX_SEED, check_bool, check_choice, check_int, check_real
 from flowmatch.outputs import OutputPathError, check_file_output, check_name
+from flowmatch.validation import MAX_SEED, check_bool, check_choice, check_int, check_real
 
 __all__ = ["Config", "ConfigError", "load_config", "config_from_dict"]
 

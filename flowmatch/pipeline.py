@@ -31,9 +31,9 @@ from tqdm.auto import tqdm
 
 from flowmatch import metrics
 from flowmatch._io import write_json
-from flowmatch._validation import seed_everything
 from flowmatch.config import Config
 from flowmatch.outputs import staged_folder
+from flowmatch.validation import seed_everything
 
 __all__ = ["STAGES", "RunResult", "run_pipeline"]
 

@@ -18,7 +18,7 @@ def _cloud(rng, centres, n_per=150):
 
 
 def _tree(z, logp):
-    return DensityTree(k_neighbors=10, min_prominence=1.0).fit_points(z, logp, x=z)
+    return DensityTree(k_neighbors=10, min_prominence=1.0).fit(z, log_density=logp, activations=z)
 
 
 def _leaf_cluster(tree, centres):

@@ -24,7 +24,7 @@ from baselines.polytope import (
     sample_class_paths,
     spline_codes,
 )
-from flowmatch._validation import NotFittedError
+from flowmatch.validation import NotFittedError
 
 
 def _one_layer_net(n_hidden: int = 7, seed: int = 0) -> nn.Sequential:

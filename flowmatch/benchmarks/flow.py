@@ -301,8 +301,8 @@ def _step_throughput(
 ) -> tuple[float, str]:
     """Training samples/s of one flow alone (NLL under N(0, I), Adam step, random data) and
     its solver."""
-    from flowmatch._validation import resolve_device
     from flowmatch.flows import get_flow
+    from flowmatch.validation import resolve_device
 
     dev = resolve_device(device)
     gen = torch.Generator().manual_seed(0)

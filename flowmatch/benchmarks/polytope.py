@@ -51,7 +51,6 @@ from baselines.polytope import (
     path_density,
     spline_codes,
 )
-from flowmatch._validation import resolve_device, seed_everything
 from flowmatch.benchmarks._common import (
     environment,
     nonnegative_int,
@@ -62,6 +61,7 @@ from flowmatch.benchmarks._common import (
     write_result,
 )
 from flowmatch.outputs import figures_folder
+from flowmatch.validation import resolve_device, seed_everything
 from flowmatch.zoo import ModelSpec, build_model, list_pairs, load_pair
 
 __all__ = ["add_arguments", "layer_density_figure", "run"]
@@ -132,7 +132,7 @@ def _density_tree_modes(acts: np.ndarray, y: np.ndarray, seed: int) -> tuple[Any
     k = 15
     dist, _ = NearestNeighbors(n_neighbors=k + 1).fit(z).kneighbors(z)
     log_density = -k_dim * np.log(np.maximum(dist[:, -1], 1e-12))
-    tree = DensityTree(k_neighbors=k, seed=seed).fit_points(z, log_density, y)
+    tree = DensityTree(k_neighbors=k, seed=seed).fit(z, y, log_density=log_density)
     note = (
         f"density_tree: modes of flowmatch.density_tree.DensityTree (gap-rule pruning) on the top "
         f"{k_dim} principal components of the activations with a {k}-NN log-density estimate, "

@@ -104,7 +104,9 @@ def _measure(method: str, n: int, dim: int, k: int, threads: int, seed: int) -> 
         if method == "density_tree":
             from flowmatch.density_tree import DensityTree
 
-            tree = DensityTree(k_neighbors=k, max_points=None, n_jobs=threads).fit_points(z, logp)
+            tree = DensityTree(k_neighbors=k, max_points=None, n_jobs=threads).fit(
+                z, log_density=logp
+            )
             out.update(modes=tree.n_modes_, peaks=tree.n_peaks_)
             dgm = tree.persistence_diagram()[1:]
             if tree.n_graph_components_ > 1:  # ToMATo leaves these classes infinite
@@ -207,11 +209,13 @@ def _recovery(args: argparse.Namespace) -> list[dict[str, Any]]:
             k = ae.latent_dim_
             zp = PCA(k, random_state=args.seed).fit_transform(x)
             for n_modes in (None, 10):
-                tree = DensityTree(k_neighbors=args.k_neighbors, n_modes=n_modes).fit(ae, acts)
+                tree = DensityTree.from_autoencoder(
+                    ae, acts, k_neighbors=args.k_neighbors, n_modes=n_modes
+                )
                 m = tree.n_modes_
                 gmm = GaussianMixture(m, random_state=args.seed).fit(zp)
                 ref = DensityTree(k_neighbors=args.k_neighbors, n_modes=n_modes)
-                ref.fit_points(zp, gmm.score_samples(zp))
+                ref.fit(zp, log_density=gmm.score_samples(zp))
                 rows.append(
                     {
                         "model": side,
