@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from baselines.base import Method
+from flowmatch.methods import Method
 from flowmatch.validation import as_matrix, check_fitted
 
 __all__ = ["LinearMapMethod", "ScaledPCA", "compose_map"]

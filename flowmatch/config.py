@@ -60,7 +60,8 @@ def _checked(key: str, check: Callable[[], Any]) -> None:
 class CompareSettings:
     """Which methods the comparison runs and how many paired rows paired methods get.
 
-    ``methods``: registered method names (``baselines.list_methods()``), or None for all.
+    ``methods``: registered method names (:func:`flowmatch.methods.list_methods`), or None for
+    all.
     """
 
     methods: tuple[str, ...] | None = None
@@ -68,7 +69,7 @@ class CompareSettings:
 
     def __post_init__(self) -> None:
         if self.methods is not None:
-            from baselines import list_methods
+            from flowmatch.methods import list_methods
 
             known = list_methods()
             if not isinstance(self.methods, tuple) or not all(

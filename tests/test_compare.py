@@ -16,8 +16,8 @@ import torch
 from torch import Tensor, nn
 from torch.testing import assert_close
 
-from baselines.base import REGISTRY, FitData, Method, register
 from flowmatch.compare import ComparisonReport, compare, protocol_data
+from flowmatch.methods import REGISTRY, FitData, Method, register
 from flowmatch.zoo import Dataset, ModelPair, head_after
 
 
@@ -147,6 +147,24 @@ def test_a_failing_method_becomes_a_row(
     assert f"| {broken} | failed |" in md and "deliberate failure" in md
     html = report.to_html()
     assert "&lt;b&gt;" in html and "<b>" not in html
+
+
+def test_compare_returns_the_fitted_methods(toy: ModelPair, broken: str) -> None:
+    """The report carries each fitted method (not serialised): its transform reproduces the
+    scored row; a method named in ``required`` raises instead of becoming a row."""
+    from flowmatch import metrics
+
+    report = compare(toy, methods=["procrustes", broken], progress=False)
+    assert set(report.methods) == {"affine", "procrustes"}  # the failed one is absent
+    pred = report.methods["procrustes"].transform(toy.activations("a", "test").x)
+    r2 = metrics.r2_score(pred, toy.activations("b", "test").x)
+    assert r2 == pytest.approx(report.row("procrustes").r2, abs=1e-12)
+    assert "methods" not in report.to_dict() and "procrustes" not in repr(report.methods.keys)
+    rows = report.to_rows()
+    assert [r["method"] for r in rows] == ["affine", "procrustes", broken]
+    assert rows[0]["pair"] == "toy" and rows[0]["paired_rows"] == 240 and "uses" in rows[0]
+    with pytest.raises(RuntimeError, match="deliberate failure"):
+        compare(toy, methods=[broken], progress=False, required=(broken,))
 
 
 def test_report_serialises(toy: ModelPair) -> None:

@@ -299,3 +299,38 @@ def test_forest_on_ties_and_duplicates():
     assert (nbrs != np.arange(len(z))[:, None]).all()
     forest = build_forest(nbrs, np.zeros(len(z)))
     assert forest.peaks[0] == 0
+
+
+def _tree_with_a_deep_tail():
+    """Three modes near log-density 0 and one far outlier at -100: the root's stem would span
+    the whole axis."""
+    z, logp, _ = mixture([(0, 0), (4, 0), (0, 4)], [60, 60, 60], 1.0)
+    z = np.r_[z, [[9.0, 9.0]]]
+    logp = np.r_[logp, -100.0]
+    return DensityTree(k_neighbors=8, n_modes=3).fit(z, log_density=logp)
+
+
+def test_tree_figures_clip_the_root_stem_and_the_essential_class():
+    tree = _tree_with_a_deep_tail()
+    levels = [tree.tree_.nodes[v]["level"] for v in tree.tree_.nodes]
+    ax = tree.plot().axes[0]
+    low, high = ax.get_ylim()
+    assert low > -100 and low <= min(levels) and high >= max(levels)
+    assert (max(levels) - min(levels)) / (high - low) > 0.5  # the tree fills the axis
+    assert any("root continues to -100.0" in t.get_text() for t in ax.texts)
+    ax = tree.plot_diagram().axes[0]
+    assert ax.get_ylim()[0] > -100
+    assert any("dies at -100.0" in t.get_text() for t in ax.texts)
+
+
+def test_matched_tree_leaves_carry_their_majority_class():
+    from flowmatch.figures import matched_trees
+    from flowmatch.matching import match_trees
+
+    tree = _tree_with_a_deep_tail()
+    classes = [7, None, 3]
+    fig = matched_trees(tree, tree, match_trees(tree, tree), classes=(classes, classes))
+    texts = [t.get_text() for t in fig.axes[0].texts]
+    assert sum("class 7" in t for t in texts) == 1 and sum("class 3" in t for t in texts) == 1
+    width, height = fig.get_size_inches()
+    assert width <= 12.5 and height <= 9  # legible on a page without shrinking
