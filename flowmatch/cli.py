@@ -1,29 +1,32 @@
 """The ``flowmatch`` command.
 
 flowmatch run [CONFIG]                 whole pipeline on a configured zoo pair → runs/<name>/
+flowmatch configs                      the bundled configs (``flowmatch run NAME`` runs one)
 flowmatch zoo list | train NAME        bundled model pairs
 flowmatch fit ACTS --out AE            fit a flow autoencoder to your activations
 flowmatch translate A B --out DIR      fit a zero-pair translation between two activation files
 flowmatch compare --pair NAME          flowmatch against every baseline, one table
-flowmatch bench {flow,tree,translate,compare,interp,polytope}   benchmarks that print figures
+flowmatch bench NAME [options]         benchmarks that print measured figures
+
+``bench`` and ``compare`` hand their arguments to the ``benchmarks`` package (which sits above
+the library, ``docs/architecture.md``); its modules are imported only when one runs.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import os
 import signal
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from functools import partial
 
 from flowmatch import __version__
-from flowmatch.benchmarks import BENCHMARKS
 
 __all__ = ["main"]
 
-DEFAULT_CONFIG = "configs/digits.yaml"
+DEFAULT_CONFIG = "digits"
 
 
 def _cmd_zoo(args: argparse.Namespace) -> int:
@@ -41,11 +44,11 @@ def _cmd_zoo(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from flowmatch.config import load_config
+    from flowmatch.config import find_config, load_config
     from flowmatch.outputs import check_folder_output
     from flowmatch.pipeline import run_pipeline
 
-    config = load_config(args.config)
+    config = load_config(find_config(args.config))
     if args.output_dir:
         from dataclasses import replace
 
@@ -85,15 +88,24 @@ def _cmd_translate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_bench(args: argparse.Namespace) -> int:
-    from flowmatch.outputs import check_file_output, check_folder_output
+def _cmd_configs(args: argparse.Namespace) -> int:
+    from flowmatch.config import bundled_configs
 
-    if getattr(args, "json", None):
-        check_file_output(args.json, "benchmark")
-    if getattr(args, "out", None):
-        check_folder_output(args.out, "figures")
-    module = importlib.import_module(f"flowmatch.benchmarks.{args.bench}")
-    module.run(args)
+    for name, path in bundled_configs().items():
+        print(f"{name:18s} {path}")
+    return 0
+
+
+def _run_bench(argv: Sequence[str], prog: str) -> int:
+    """``flowmatch bench NAME …``: the benchmarks' own command line."""
+    try:
+        from benchmarks.cli import main as bench_main
+    except ModuleNotFoundError as err:
+        if err.name != "benchmarks":
+            raise
+        print("flowmatch: error: the benchmarks package is not installed", file=sys.stderr)
+        return 2
+    bench_main(argv, prog)
     return 0
 
 
@@ -130,10 +142,19 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     r = sub.add_parser("run", help="run the whole pipeline on a configured pair")
-    r.add_argument("config", nargs="?", default=DEFAULT_CONFIG, help="YAML config file")
+    r.add_argument(
+        "config",
+        nargs="?",
+        default=DEFAULT_CONFIG,
+        help="a YAML config file, or the name of a bundled config (see 'flowmatch configs'); "
+        f"default {DEFAULT_CONFIG}",
+    )
     r.add_argument("--output-dir", help="override the config's output_dir (default runs/)")
     r.add_argument("--quiet", action="store_true", help="no progress bars")
     r.set_defaults(func=_cmd_run)
+
+    cf = sub.add_parser("configs", help="list the bundled configs")
+    cf.set_defaults(func=_cmd_configs)
 
     z = sub.add_parser("zoo", help="bundled model pairs")
     zs = z.add_subparsers(dest="action", required=True)
@@ -163,25 +184,20 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=_seed, default=0, help="random seed")
     t.set_defaults(func=_cmd_translate)
 
-    c = sub.add_parser("compare", help="flowmatch against every baseline on a zoo pair")
-    _add_bench_arguments(c, "compare")
-    c.set_defaults(func=_cmd_bench, bench="compare")
-
-    b = sub.add_parser("bench", help="benchmarks that print measured figures")
-    bs = b.add_subparsers(dest="bench", required=True)
-    for name, help_text in BENCHMARKS.items():
-        _add_bench_arguments(bs.add_parser(name, help=help_text, description=help_text), name)
-    b.set_defaults(func=_cmd_bench)
+    # parsed by the benchmarks' own command line (see _command); listed here for --help
+    sub.add_parser("compare", help="flowmatch against every baseline on a zoo pair", add_help=False)
+    sub.add_parser("bench", help="benchmarks that print measured figures", add_help=False)
     return p
 
 
-def _add_bench_arguments(parser: argparse.ArgumentParser, name: str) -> None:
-    try:
-        module = importlib.import_module(f"flowmatch.benchmarks.{name}")
-    except ModuleNotFoundError:
-        parser.set_defaults(unavailable=name)
-        return
-    module.add_arguments(parser)
+def _command(argv: Sequence[str]) -> Callable[[], int]:
+    """What to run for ``argv``; argument errors exit here (status 2) before anything runs."""
+    if argv[:1] == ["bench"]:
+        return partial(_run_bench, argv[1:], "flowmatch bench")
+    if argv[:1] == ["compare"]:
+        return partial(_run_bench, ["compare", *argv[1:]], "flowmatch")
+    args = _parser().parse_args(argv)
+    return partial(args.func, args)
 
 
 def _expected_errors() -> tuple[type[BaseException], ...]:
@@ -222,15 +238,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     exit status (2; 130 after Ctrl-C, 143 after SIGTERM, both with staging cleaned up).
     ``FLOWMATCH_TRACEBACK=1`` shows the traceback instead.
     """
-    args = _parser().parse_args(argv)
-    if getattr(args, "unavailable", None):
-        print(f"flowmatch: error: benchmark {args.unavailable!r} is not available", file=sys.stderr)
-        return 2
+    command = _command(list(sys.argv[1:] if argv is None else argv))
     previous = None
     if threading.current_thread() is threading.main_thread():
         previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
-        return int(args.func(args) or 0)
+        return int(command() or 0)
     except _Terminated:
         print("flowmatch: terminated; no partial files were written", file=sys.stderr)
         return 143

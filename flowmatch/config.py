@@ -38,7 +38,14 @@ import yaml
 from flowmatch.outputs import OutputPathError, check_file_output, check_name
 from flowmatch.validation import MAX_SEED, check_bool, check_choice, check_int, check_real
 
-__all__ = ["Config", "ConfigError", "load_config", "config_from_dict"]
+__all__ = [
+    "Config",
+    "ConfigError",
+    "bundled_configs",
+    "config_from_dict",
+    "find_config",
+    "load_config",
+]
 
 MAX_CONFIG_BYTES = 1_000_000
 
@@ -301,6 +308,34 @@ class _Loader(yaml.SafeLoader):
                 raise ConfigError(f"line {line}: duplicate key {key!r} (first at line {first})")
             seen[key] = line
         return super().construct_mapping(node, deep=deep)
+
+
+def bundled_configs() -> dict[str, Path]:
+    """Name → file of every config shipped with flowmatch, sorted by name.
+
+    The repository's top-level ``configs/`` folder is the one source; a wheel carries the same
+    files as package data under ``flowmatch/configs/`` (``pyproject.toml`` maps the folder).
+    """
+    installed = Path(__file__).with_name("configs")
+    folder = installed if installed.is_dir() else Path(__file__).resolve().parents[1] / "configs"
+    return {p.stem: p for p in sorted(folder.glob("*.yaml"))}
+
+
+def find_config(config: str | os.PathLike) -> Path:
+    """The config file ``config`` names: an existing file, else a bundled config by name
+    (``"digits"`` or ``"digits.yaml"``); anything else raises ``FileNotFoundError`` listing the
+    bundled names."""
+    path = Path(config)
+    if path.exists():
+        return path
+    bundled = bundled_configs()
+    name = path.name[: -len(path.suffix)] if path.suffix in (".yaml", ".yml") else path.name
+    if str(path) in (name, path.name) and name in bundled:
+        return bundled[name]
+    hint = f"; 'flowmatch run {name}' runs the bundled one" if name in bundled else ""
+    raise FileNotFoundError(
+        f"no config file at {path}{hint} (bundled configs: {', '.join(bundled) or 'none'})"
+    )
 
 
 def load_config(path: str | os.PathLike) -> Config:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import logging
@@ -191,16 +190,15 @@ def test_bad_requests_fail_before_running(toy: ModelPair) -> None:
 
 
 def test_benchmark_command_writes_json(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    from flowmatch.benchmarks import compare as bench
+    from benchmarks.cli import main
 
-    parser = argparse.ArgumentParser()
-    bench.add_arguments(parser)
     out = tmp_path / "cmp.json"
-    args = parser.parse_args(
-        ["--quick", "--methods", "procrustes", "--no-progress", "--json", str(out)]
-    )
-    result = bench.run(args)
+    argv = ["compare", "--quick", "--methods", "procrustes", "--no-progress", "--json", str(out)]
+    result = main(argv)
     saved = json.loads(out.read_text())
-    assert saved["reports"][0]["pair"] == "digits-mlp" == result["reports"][0]["pair"]
-    assert [r["method"] for r in saved["reports"][0]["rows"]] == ["affine", "procrustes"]
-    assert saved["reports"][0]["rows"][0]["stitched_accuracy"] > 0.9
+    reports = saved["result"]["reports"]
+    assert saved["benchmark"] == "compare" and saved["options"]["methods"] == ["procrustes"]
+    assert reports[0]["pair"] == "digits-mlp" == result.reports[0]["pair"]
+    assert [r["method"] for r in reports[0]["rows"]] == ["affine", "procrustes"]
+    assert reports[0]["rows"][0]["stitched_accuracy"] > 0.9
+    assert saved["environment"]["seed"] == 0 and saved["wall_seconds"] > 0

@@ -467,7 +467,7 @@ def test_method_bad_input():
 
 
 def test_layer_density_figure_has_a_panel_pair_per_model():
-    from flowmatch.benchmarks.polytope import layer_density_figure
+    from benchmarks.polytope import layer_density_figure
 
     net = _two_layer_net(seed=4)
     gen = torch.Generator().manual_seed(2)
