@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from flowmatch._io import write_json
+from flowmatch.cli import int_argument
 from flowmatch.environment import environment
 from flowmatch.outputs import FORMAT_VERSION
 from flowmatch.report import format_table
@@ -46,24 +47,9 @@ class BenchmarkError(ChildProcessError):
 
 
 # ----------------------------------------------------------------------------- argparse types
-def positive_int(text: str) -> int:
-    """argparse type: an int >= 1."""
-    return _int_at_least(text, 1)
-
-
-def nonnegative_int(text: str) -> int:
-    """argparse type: an int >= 0."""
-    return _int_at_least(text, 0)
-
-
-def _int_at_least(text: str, low: int) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an int, got {text!r}") from None
-    if value < low:
-        raise argparse.ArgumentTypeError(f"expected an int >= {low}, got {value}")
-    return value
+#: argparse types: an int >= 1, an int >= 0.
+positive_int = int_argument(1)
+nonnegative_int = int_argument(0)
 
 
 def positive_float(text: str) -> float:

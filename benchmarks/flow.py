@@ -74,12 +74,15 @@ _COLUMNS = ["method", "nll", "r2", "samples_per_s", "steps", "train_s", "epochs"
 class FlowSettings:
     """What every flow in the benchmark shares (same k, mixture, width, budget, minibatch)."""
 
+    # the model: latent width, mixture components, hidden width of every flow
     latent_dim: int = 10
     n_components: int = 12
     hidden: int = 128
+    # the optimiser: step budget, minibatch, smoothing noise
     max_steps: int = 1200
     batch_size: int = 128
     training_noise: float = 0.0
+    # the FFJORD reference's solver
     ffjord_method: str = "rk4"
     ffjord_steps: int = 8
     device: str = "auto"
@@ -106,43 +109,24 @@ class FlowBench:
     ffjord_solver_error: float | None
 
 
+_METHODS = ("cnf", "coupling", "pca+gmm", "ffjord")
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Command-line options of the benchmark (default pair: digits-mlp)."""
-    parser.add_argument("--side", default="a", choices=["a", "b"], help="which model's layer")
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--latent-dim", type=positive_int, default=10, help="k for every method")
-    parser.add_argument("--n-components", type=positive_int, default=12)
-    parser.add_argument("--hidden", type=positive_int, default=128, help="width of every flow")
-    parser.add_argument(
-        "--max-steps", type=positive_int, default=1200, help="optimiser steps per flow"
-    )
-    parser.add_argument(
-        "--batch-size", type=positive_int, default=128, help="minibatch of every flow"
-    )
-    parser.add_argument(
-        "--training-noise",
-        type=float,
-        default=0.0,
-        help="FlowAutoencoder training_noise for every flow (default 0)",
-    )
-    parser.add_argument(
-        "--ffjord-method", default="rk4", help="torchdiffeq method of the FFJORD reference"
-    )
-    parser.add_argument(
-        "--ffjord-steps",
-        type=positive_int,
-        default=8,
-        help="fixed-grid steps of the FFJORD reference",
-    )
-    parser.add_argument(
-        "--no-equal-time", action="store_true", help="skip the equal wall-clock CNF run"
-    )
-    parser.add_argument(
-        "--methods",
-        nargs="+",
-        default=["cnf", "coupling", "pca+gmm", "ffjord"],
-        help="subset of cnf, coupling, pca+gmm, ffjord",
-    )
+    add = parser.add_argument
+    add("--side", default="a", choices=["a", "b"], help="which model's layer")
+    add("--device", default="auto")
+    add("--latent-dim", type=positive_int, default=10, help="k for every method")
+    add("--n-components", type=positive_int, default=12, help="mixture components")
+    add("--hidden", type=positive_int, default=128, help="width of every flow")
+    add("--max-steps", type=positive_int, default=1200, help="optimiser steps per flow")
+    add("--batch-size", type=positive_int, default=128, help="minibatch of every flow")
+    add("--training-noise", type=float, default=0.0, help="training_noise of every flow")
+    add("--ffjord-method", default="rk4", help="torchdiffeq method of the FFJORD reference")
+    add("--ffjord-steps", type=positive_int, default=8, help="fixed-grid steps of FFJORD")
+    add("--no-equal-time", action="store_true", help="skip the equal wall-clock CNF run")
+    add("--methods", nargs="+", default=list(_METHODS), help=f"subset of {', '.join(_METHODS)}")
 
 
 def pca_gmm(
@@ -417,7 +401,7 @@ def measure_flow(
     x_te: torch.Tensor,
     settings: FlowSettings = FlowSettings(),
     *,
-    methods: Sequence[str] = ("cnf", "coupling", "pca+gmm", "ffjord"),
+    methods: Sequence[str] = _METHODS,
     equal_time: bool = True,
     quick: bool = False,
 ) -> FlowBench:

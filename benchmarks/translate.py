@@ -26,11 +26,11 @@ import numpy as np
 from benchmarks._common import (
     nonnegative_int,
     pair_names,
-    positive_int,
     print_table,
     running,
     timer,
 )
+from flowmatch.cli import int_argument
 
 __all__ = ["TranslateBench", "add_arguments", "main", "measure_translate", "synthetic_pair"]
 
@@ -66,7 +66,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--sizes",
-        type=positive_int,
+        type=int_argument(2),
         nargs="*",
         default=None,
         help="activations per side in the scaling run (default 1e3 1e4 1e5; 1e3 3e3 with --quick;"

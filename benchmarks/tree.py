@@ -38,6 +38,7 @@ from benchmarks._common import (
     run_isolated,
     running,
 )
+from flowmatch.cli import int_argument
 
 __all__ = ["TreeBench", "add_arguments", "main", "measure_tree"]
 
@@ -56,7 +57,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     ``--threads`` also sets the kNN query threads of both methods)."""
     parser.add_argument("--k-neighbors", type=positive_int, default=10)
     parser.add_argument(
-        "--sizes", type=_size, nargs="*", default=None, help="override the n grid (each >= 2)"
+        "--sizes",
+        type=int_argument(2),
+        nargs="*",
+        default=None,
+        help="override the n grid (each >= 2)",
     )
     parser.add_argument("--dims", type=positive_int, nargs="*", default=[2, 8, 16])
     parser.add_argument(
@@ -73,13 +78,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--no-tomato", action="store_true", help="skip gudhi's ToMATo")
     parser.add_argument("--no-recovery", action="store_true", help="skip the digits ARI part")
-
-
-def _size(text: str) -> int:
-    value = positive_int(text)
-    if value < 2:
-        raise argparse.ArgumentTypeError(f"expected a size >= 2, got {value}")
-    return value
 
 
 # ----------------------------------------------------------------------------- speed
@@ -146,7 +144,6 @@ def _same_diagram(a: list, b: list) -> bool:
 def _speed(
     sizes: Sequence[int],
     dims: Sequence[int],
-    *,
     k_neighbors: int,
     threads: int,
     tomato: bool,
@@ -262,16 +259,7 @@ def measure_tree(
 ) -> TreeBench:
     """Speed and memory of the density tree (and ToMATo) at every size and dimension, each in
     its own process; then mode recovery on ``recovery_pair`` (None skips it)."""
-    speed = _speed(
-        sizes,
-        dims,
-        k_neighbors=k_neighbors,
-        threads=threads,
-        tomato=tomato,
-        budget=budget,
-        timeout=timeout,
-        seed=seed,
-    )
+    speed = _speed(sizes, dims, k_neighbors, threads, tomato, budget, timeout, seed)
     recovery = [] if recovery_pair is None else _recovery(recovery_pair, k_neighbors, seed, quick)
     return TreeBench(tuple(speed), tuple(recovery))
 

@@ -24,7 +24,7 @@ from functools import partial
 
 from flowmatch import __version__
 
-__all__ = ["main"]
+__all__ = ["int_argument", "main"]
 
 DEFAULT_CONFIG = "digits"
 
@@ -109,28 +109,28 @@ def _run_bench(argv: Sequence[str], prog: str) -> int:
     return 0
 
 
+def int_argument(low: int, high: int | None = None) -> Callable[[str], int]:
+    """An argparse ``type``: an int in ``[low, high]`` (no upper bound when ``high`` is None),
+    with a message that says which."""
+    rule = f"between {low} and {high}" if high is not None else f">= {low}"
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an int, got {text!r}") from None
+        if value < low or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(f"expected an int {rule}, got {value}")
+        return value
+
+    return parse
+
+
+_seed = int_argument(0, 2**32 - 1)
+
+
 def _latent_dim(text: str) -> int | str:
-    if text == "auto":
-        return text
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected 'auto' or a positive int, got {text!r}"
-        ) from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected 'auto' or a positive int, got {value}")
-    return value
-
-
-def _seed(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an int, got {text!r}") from None
-    if not 0 <= value < 2**32:
-        raise argparse.ArgumentTypeError(f"expected an int between 0 and 2**32 - 1, got {value}")
-    return value
+    return text if text == "auto" else int_argument(1)(text)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -201,19 +201,11 @@ def _command(argv: Sequence[str]) -> Callable[[], int]:
 
 
 def _expected_errors() -> tuple[type[BaseException], ...]:
-    """Error classes that mean bad input, arguments, files or environment (not a bug)."""
-    from flowmatch.benchmarks._common import BenchmarkError
+    """Error classes that mean bad input, arguments, files or environment (not a bug); a
+    benchmark's failed worker raises a ChildProcessError, an OSError."""
     from flowmatch.validation import NotFittedError
 
-    return (
-        ValueError,
-        TypeError,
-        KeyError,
-        OSError,
-        NotFittedError,
-        FloatingPointError,
-        BenchmarkError,
-    )
+    return (ValueError, TypeError, KeyError, OSError, NotFittedError, FloatingPointError)
 
 
 def _message(err: BaseException) -> str:

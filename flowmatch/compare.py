@@ -355,9 +355,7 @@ def compare(
     fitted: dict[str, Method] = {}
     for name in tqdm(names, desc=f"compare {pair.name}", disable=not progress):
         fit_on = reference_data if name == reference else data
-        row, method = _run_method(
-            name, params.get(name, {}), fit_on, test, pair, name in required
-        )
+        row, method = _run_method(name, params.get(name, {}), fit_on, test, pair, name in required)
         rows.append(row)
         if method is not None:
             fitted[name] = method

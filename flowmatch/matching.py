@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import InitVar, dataclass
 from typing import Any, Protocol
 
 import networkx as nx
@@ -80,7 +80,7 @@ class TreeSummary:
 MATCHING_FORMAT = 1
 
 
-@dataclass(frozen=True, init=False)
+@dataclass(frozen=True)
 class TreeMatching:
     """A correspondence between the leaves of two density trees (:func:`match_trees`,
     :func:`matching_from_transport`).
@@ -99,6 +99,9 @@ class TreeMatching:
         None for a transport matching
     crossing_mass : float | None  # fraction of the transported mass sent outside the pairs
         (:func:`matching_from_transport`); None for a structural matching
+
+    ``cost=`` (the former single field) is still accepted: it fills ``crossing_mass`` of a
+    transport matching and ``objective`` of the others, and ``cost`` reads back the one set.
     """
 
     leaf_pairs: np.ndarray
@@ -107,46 +110,18 @@ class TreeMatching:
     coupling: np.ndarray
     n_candidates: int
     method: str
-    objective: float | None
-    crossing_mass: float | None
+    objective: float | None = None
+    crossing_mass: float | None = None
+    cost: InitVar[float | None] = None
 
-    def __init__(
-        self,
-        leaf_pairs: np.ndarray,
-        confidence: np.ndarray,
-        node_pairs: tuple,
-        coupling: np.ndarray,
-        n_candidates: int,
-        method: str,
-        objective: float | None = None,
-        crossing_mass: float | None = None,
-        *,
-        cost: float | None = None,
-    ) -> None:
-        if cost is not None:  # the former single field: the crossing mass of a transport
-            if method == "transport":  # matching, the objective of a structural one
-                crossing_mass = cost if crossing_mass is None else crossing_mass
-            elif objective is None:
-                objective = cost
-        values = dict(
-            leaf_pairs=leaf_pairs,
-            confidence=confidence,
-            node_pairs=node_pairs,
-            coupling=coupling,
-            n_candidates=n_candidates,
-            method=method,
-            objective=None if objective is None else float(objective),
-            crossing_mass=None if crossing_mass is None else float(crossing_mass),
-        )
-        for name, value in values.items():
-            object.__setattr__(self, name, value)
-
-    @property
-    def cost(self) -> float:
-        """The former single field: ``objective``, or ``crossing_mass`` for a transport
-        matching (kept while callers move to the two named fields)."""
-        value = self.objective if self.objective is not None else self.crossing_mass
-        return float("nan") if value is None else value
+    def __post_init__(self, cost: float | None) -> None:
+        objective, crossing = self.objective, self.crossing_mass
+        if cost is not None and self.method == "transport" and crossing is None:
+            crossing = cost
+        elif cost is not None and self.method != "transport" and objective is None:
+            objective = cost
+        object.__setattr__(self, "objective", None if objective is None else float(objective))
+        object.__setattr__(self, "crossing_mass", None if crossing is None else float(crossing))
 
     def swapped(self) -> TreeMatching:
         """The same correspondence from B's side: pairs ``(b, a)``, coupling transposed."""
@@ -215,6 +190,17 @@ class TreeMatching:
             method=method,
             **scores,
         )
+
+
+def _former_cost(self: TreeMatching) -> float:
+    """``objective``, or ``crossing_mass`` for a transport matching (the former single field,
+    kept readable while callers move to the two named fields)."""
+    value = self.objective if self.objective is not None else self.crossing_mass
+    return float("nan") if value is None else value
+
+
+# set after the class is built: the name is also the InitVar that accepts the former field
+TreeMatching.cost = property(_former_cost)  # type: ignore[assignment,method-assign]
 
 
 _SCORES = ("objective", "crossing_mass")

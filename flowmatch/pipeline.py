@@ -348,6 +348,8 @@ def _build_report(run: _Run, notes: list[str]) -> Any:
 
 
 def _summary_section(report: Any, comparison: Any) -> None:
+    from flowmatch.compare import COLUMNS
+
     fm, ref = comparison.row("flowmatch"), comparison.rows[0]
     report.add_section("Summary")
     report.add_text(
@@ -357,7 +359,7 @@ def _summary_section(report: Any, comparison: Any) -> None:
         f"{comparison.n_fit_b} other training inputs (disjoint halves, each shuffled: no pairs). "
         "Every score below is on the held-out test inputs."
     )
-    headers = dict(COLUMNS_SUMMARY)
+    headers = dict(c for c in COLUMNS if c[0] != "fit_seconds")
     report.add_table(
         [{headers[k]: getattr(r, k) for k in headers} for r in (fm, ref)],
         caption=(
@@ -365,18 +367,6 @@ def _summary_section(report: Any, comparison: Any) -> None:
             "training input paired"
         ),
     )
-
-
-#: (field of MethodResult, header) of the summary table.
-COLUMNS_SUMMARY: tuple[tuple[str, str], ...] = (
-    ("method", "method"),
-    ("paired_rows", "paired rows"),
-    ("stitched_accuracy", "stitched acc"),
-    ("relative_stitching", "relative stitching"),
-    ("r2", "R²"),
-    ("cosine", "cosine"),
-    ("top1", "top-1"),
-)
 
 
 def _tree_section(report: Any, run: _Run, notes: list[str]) -> None:
