@@ -193,7 +193,7 @@ def _flow_ae(
     from flowmatch.autoencoder import FlowAutoencoder
     from flowmatch.metrics import r2_score
 
-    params = dict(
+    params: dict[str, Any] = dict(
         latent_dim=settings.latent_dim,
         flow=flow,
         n_components=settings.n_components,
@@ -382,7 +382,7 @@ def _trained_steps(
 
 
 def _flows_alone(settings: FlowSettings, quick: bool) -> list[dict[str, Any]]:
-    speed = []
+    speed: list[dict[str, Any]] = []
     for name in ("cnf", "ffjord"):
         sps, flow_solver = _step_throughput(
             name, 64, settings.hidden, 256, settings.device, 3 if quick else 9,

@@ -226,7 +226,7 @@ def _layer_rows(
     args: PolytopeSettings,
 ) -> list[dict[str, Any]]:
     """One row per layer (and the whole code): densities, ratios and their intervals."""
-    ci = dict(n_boot=args.n_boot, seed=args.seed)
+    ci: dict[str, Any] = dict(n_boot=args.n_boot, seed=args.seed)
     by_input = res.layer_ratios("input", **ci)
     by_preact = res.layer_ratios("preact", whole=False, **ci)
     by_control = control.layer_ratios("input", **ci) if control is not None else None

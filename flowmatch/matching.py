@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Mapping
-from dataclasses import InitVar, dataclass
+from dataclasses import dataclass, fields
 from typing import Any, Protocol
 
 import networkx as nx
@@ -80,7 +80,7 @@ class TreeSummary:
 MATCHING_FORMAT = 1
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class TreeMatching:
     """A correspondence between the leaves of two density trees (:func:`match_trees`,
     :func:`matching_from_transport`).
@@ -110,18 +110,37 @@ class TreeMatching:
     coupling: np.ndarray
     n_candidates: int
     method: str
-    objective: float | None = None
-    crossing_mass: float | None = None
-    cost: InitVar[float | None] = None
+    objective: float | None
+    crossing_mass: float | None
 
-    def __post_init__(self, cost: float | None) -> None:
-        objective, crossing = self.objective, self.crossing_mass
-        if cost is not None and self.method == "transport" and crossing is None:
-            crossing = cost
-        elif cost is not None and self.method != "transport" and objective is None:
+    def __init__(
+        self,
+        leaf_pairs: np.ndarray,
+        confidence: np.ndarray,
+        node_pairs: tuple,
+        coupling: np.ndarray,
+        n_candidates: int,
+        method: str,
+        objective: float | None = None,
+        crossing_mass: float | None = None,
+        *,
+        cost: float | None = None,
+    ) -> None:
+        if cost is not None and method == "transport" and crossing_mass is None:
+            crossing_mass = cost
+        elif cost is not None and method != "transport" and objective is None:
             objective = cost
-        object.__setattr__(self, "objective", None if objective is None else float(objective))
-        object.__setattr__(self, "crossing_mass", None if crossing is None else float(crossing))
+        scores = [None if v is None else float(v) for v in (objective, crossing_mass)]
+        values = (leaf_pairs, confidence, node_pairs, coupling, n_candidates, method, *scores)
+        for f, value in zip(fields(self), values):  # frozen: set once, here
+            object.__setattr__(self, f.name, value)
+
+    @property
+    def cost(self) -> float:
+        """The former single field: ``objective``, or ``crossing_mass`` for a transport
+        matching (kept readable while callers move to the two named fields)."""
+        value = self.objective if self.objective is not None else self.crossing_mass
+        return float("nan") if value is None else value
 
     def swapped(self) -> TreeMatching:
         """The same correspondence from B's side: pairs ``(b, a)``, coupling transposed."""
@@ -190,17 +209,6 @@ class TreeMatching:
             method=method,
             **scores,
         )
-
-
-def _former_cost(self: TreeMatching) -> float:
-    """``objective``, or ``crossing_mass`` for a transport matching (the former single field,
-    kept readable while callers move to the two named fields)."""
-    value = self.objective if self.objective is not None else self.crossing_mass
-    return float("nan") if value is None else value
-
-
-# set after the class is built: the name is also the InitVar that accepts the former field
-TreeMatching.cost = property(_former_cost)  # type: ignore[assignment,method-assign]
 
 
 _SCORES = ("objective", "crossing_mass")

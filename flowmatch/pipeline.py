@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -242,7 +242,7 @@ def _compute(config: Config, stage: _Stages, progress: bool) -> _Run:
             progress=progress,
             required=("flowmatch",),
         )
-        translation = comparison.methods["flowmatch"].translation_
+        translation = cast(Any, comparison.methods["flowmatch"]).translation_
     with stage("modes"):
         majority = _majorities(translation, test_a, test_b, pair.data.y_test.numpy())
         modes = _mode_table(translation, majority)
