@@ -118,10 +118,10 @@ def draw_tree(
             texts[i], (xpos[v], node["level"]), textcoords="offset points", xytext=(0, 7),
             ha="center", va="bottom", fontsize=8,
         )  # fmt: skip
-    if cut:
-        _mark_cut(ax, xpos[tree.root_], floor, span, bottom, "root continues to")
     ax.set_ylim(floor if cut else bottom - 0.05 * span, top + 0.3 * span)
     ax.set_xlim(-0.7, len(leaves) - 0.3)
+    if cut:
+        _mark_cut(ax, xpos[tree.root_], floor, span, bottom, "root continues to")
     ax.set_xticks([])
     ax.set_ylabel("log-density of the latent")
 
@@ -132,9 +132,12 @@ def _mark_cut(ax: Any, x: float, y: float, span: float, value: float, words: str
         "", xy=(x, y), xytext=(x, y + 0.12 * span),
         arrowprops={"arrowstyle": "-|>", "color": "k", "lw": 1.2},
     )  # fmt: skip
+    left, right = ax.get_xlim()
+    room_right = x <= (left + right) / 2  # write on the side with more room
     ax.annotate(
-        f"{words} {value:.1f}", (x, y), textcoords="offset points", xytext=(6, 3),
-        ha="left", va="bottom", fontsize=8, style="italic",
+        f"{words} {value:.1f}", (x, y), textcoords="offset points",
+        xytext=(6 if room_right else -6, 3), ha="left" if room_right else "right",
+        va="bottom", fontsize=8, style="italic",
     )  # fmt: skip
 
 
@@ -168,14 +171,13 @@ def plot_diagram(tree: Any, ax: Any = None) -> Any:
     ax.scatter(dgm[~kept, 0], dgm[~kept, 1], s=10, color="tab:gray", label="pruned")
     ax.scatter(dgm[1:][kept[1:], 0], dgm[1:][kept[1:], 1], s=18, color="tab:red", label="kept")
     ax.scatter(*essential, s=80, marker="*", color="tab:red", label="essential", clip_on=False)
+    ax.set_xlim(*line)
+    ax.set_ylim(*line)
     if cut:
-        span = line[1] - line[0]
-        _mark_cut(ax, essential[0], line[0], span, dgm[0, 1], "dies at")
+        _mark_cut(ax, essential[0], line[0], line[1] - line[0], dgm[0, 1], "dies at")
     ax.plot(line, line, color="k", lw=0.8)
     if np.isfinite(tree.threshold_):
         ax.plot(line, line - tree.threshold_, "--", color="tab:blue", lw=0.8, label="threshold")
-    ax.set_xlim(*line)
-    ax.set_ylim(*line)
     ax.set_xlabel("birth (peak log-density)")
     ax.set_ylabel("death (merge level)")
     ax.set_title(f"persistence: {int(np.sum(pers >= 0))} classes")
