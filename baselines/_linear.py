@@ -1,6 +1,6 @@
 """Shared pieces of the baselines whose result is one affine map ``y = x @ matrix.T + bias``.
 
-* :class:`LinearMapMethod` — a :class:`~baselines.base.Method` whose ``transform`` applies the
+* :class:`LinearMapMethod` — a :class:`~flowmatch.methods.Method` whose ``transform`` applies the
   fitted ``matrix_`` (d_b, d_a) and ``bias_`` (d_b,).
 * :class:`ScaledPCA` — centre, project on the top principal axes, divide by one global scale.
   It is a similarity transform (orthogonal projection × one scale), so distances keep their

@@ -29,6 +29,7 @@ BENCHMARKS: dict[str, str] = {
     "compare": "every method on every zoo pair under the evaluation protocol",
     "interp": "Jacobian-sparsity rotations and the Local Interaction Basis on digits MLPs",
     "polytope": "polytope (spline-code) densities and code clusters on the zoo models",
+    "embeddings": "zero-pair translation between pretrained sentence encoders (extra [text])",
 }
 
 __all__ = ["BENCHMARKS"]

@@ -24,6 +24,7 @@ from flowmatch.report import format_table
 
 __all__ = [
     "BenchmarkError",
+    "BenchmarkUnavailable",
     "Run",
     "common_options",
     "limit_threads",
@@ -44,6 +45,12 @@ __all__ = [
 class BenchmarkError(ChildProcessError):
     """A benchmark measurement failed in its worker process (an error, a crash or a timeout);
     the message says which. An ``OSError``, so the command line reports it in one line."""
+
+
+class BenchmarkUnavailable(OSError):
+    """What a benchmark needs is not installed (an optional extra, a data package, a cache);
+    the message says what to install. An ``OSError``, so the command line reports it in one
+    line."""
 
 
 # ----------------------------------------------------------------------------- argparse types

@@ -17,12 +17,14 @@ __all__ = ["main", "parser_for"]
 
 
 def parser_for(name: str, prog: str = "flowmatch bench") -> argparse.ArgumentParser:
-    """The parser of benchmark ``name``: its own options and the common ones."""
+    """The parser of benchmark ``name``: its own options and the common ones (a benchmark may
+    redefine a common option: ``embeddings`` takes ``--pair`` for an encoder pair)."""
     module = importlib.import_module(f"benchmarks.{name}")
     parser = argparse.ArgumentParser(
         prog=f"{prog} {name}".strip(),
         description=BENCHMARKS[name],
         parents=[common_options()],
+        conflict_handler="resolve",
     )
     module.add_arguments(parser)
     parser.set_defaults(bench=name)

@@ -31,7 +31,9 @@ from flowmatch.validation import as_matrix
 __all__ = [
     "apply_map",
     "fit_affine",
+    "fit_orthogonal",
     "fit_similarity",
+    "polar",
     "refine_map",
     "transport_cost",
     "transport_plan",
@@ -107,6 +109,29 @@ def fit_similarity(src: Any, dst: Any, weights: Any = None) -> tuple[Tensor, Ten
     scale = s.sum() / (w[:, None] * xc**2).sum().clamp_min(1e-300)
     matrix = scale * rot
     return matrix, my - mx @ matrix.T
+
+
+def fit_orthogonal(src: Any, dst: Any, weights: Any = None) -> Tensor:
+    """Weighted orthogonal Procrustes without shift or scale: ``dst ≈ src @ R.T``.
+
+    For rows that are already centred (map coordinates). ``R`` (d_dst, d_src) has orthonormal
+    rows or columns, whichever are fewer.
+
+    Returns
+    -------
+    R : Tensor  # (d_dst, d_src), float64
+    """
+    x, y = _f64(src, "src"), _f64(dst, "dst")
+    if len(x) != len(y):
+        raise ValueError(f"src has {len(x)} rows but dst has {len(y)}")
+    w = _weights(weights, len(x))
+    return polar(y.T @ (w[:, None] * x))
+
+
+def polar(m: Tensor) -> Tensor:
+    """Nearest matrix with orthonormal rows or columns (the polar factor ``U Vᵀ`` of ``m``)."""
+    u, _, vh = torch.linalg.svd(torch.as_tensor(m, dtype=torch.float64), full_matrices=False)
+    return u @ vh
 
 
 _FITTERS = {"affine": fit_affine, "similarity": fit_similarity}

@@ -368,12 +368,18 @@ class FlowAutoencoder(BaseEstimator):
             return int(self.latent_dim)
         cum = torch.cumsum(self.explained_variance_ratio_, 0)
         k = int((cum < self.explained_variance - 1e-12).sum()) + 1
-        k = min(max(k, min(int(self.min_latent_dim), self.d_flow_)), self.d_flow_)
-        logger.info(
-            "FlowAutoencoder: latent_dim='auto' chose k=%d (%.4f of the variance)",
-            k,
-            float(cum[k - 1]),
-        )
+        want = max(k, min(int(self.min_latent_dim), self.d_flow_))
+        k = min(want, self.d_flow_)
+        kept = float(cum[k - 1])
+        if want > self.d_flow_:
+            warnings.warn(
+                f"latent_dim='auto' wants k={want} coordinates for "
+                f"{self.explained_variance:.3g} of the variance, but the flow acts on "
+                f"d_flow={self.d_flow_}; k={self.d_flow_} keeps {kept:.3g} of it (raise "
+                "d_flow to keep more)",
+                stacklevel=5,
+            )
+        logger.info("FlowAutoencoder: latent_dim='auto' chose k=%d (%.4f of the variance)", k, kept)
         return k
 
     def _working(self, x: Tensor) -> Tensor:
@@ -492,9 +498,10 @@ class FlowAutoencoder(BaseEstimator):
         y_val, y_tr = (y_all[order[:n_val]], y_all[order[n_val:]]) if n_val else (y_all, y_all)
         model = self._build_model()
         model.mixture.init_from_data(y_tr[:, : self.latent_dim_], int(self.seed))
-        with torch.no_grad():
-            noise = y_tr[:, self.latent_dim_ : self.d_flow_].double().var(0, unbiased=False)
-            model.noise_log_var.copy_(torch.log((noise - self.min_variance).clamp_min(1e-12)))
+        if self.d_flow_ > self.latent_dim_:  # flow-noise coordinates exist
+            with torch.no_grad():
+                noise = y_tr[:, self.latent_dim_ : self.d_flow_].double().var(0, unbiased=False)
+                model.noise_log_var.copy_(torch.log((noise - self.min_variance).clamp_min(1e-12)))
         model = model.to(self._device, dt)
         self.model_ = model
         self._train(model, y_tr, y_val, self._fingerprint(x))

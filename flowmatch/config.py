@@ -18,7 +18,7 @@ Example (``configs/digits.yaml``)::
     seed: 0
     autoencoder: {latent_dim: 10, flow: coupling}
     tree: {k_neighbors: 15}
-    translate: {n_refine: 10, space: pca}
+    translate: {n_refine: 100, starts: [clusters, modes, gw]}
     compare: {n_pairs: 10, methods: null}
 """
 
@@ -36,7 +36,8 @@ from typing import Any
 import yaml
 
 from flowmatch.outputs import OutputPathError, check_file_output, check_name
-from flowmatch.validation import MAX_SEED, check_bool, check_choice, check_int, check_real
+from flowmatch.settings import TranslateSettings, check_setting
+from flowmatch.validation import MAX_SEED, check_bool, check_int, check_real
 
 __all__ = [
     "Config",
@@ -93,38 +94,6 @@ class CompareSettings:
                         f"{', '.join(known)}"
                     )
         _checked("compare.n_pairs", lambda: check_int("n_pairs", self.n_pairs, 0))
-
-
-_TRANSLATE_RULES: dict[str, Callable[[str, Any], None]] = {
-    "space": lambda n, v: check_choice(n, v, ("pca", "latent")),
-    "n_gw_starts": lambda n, v: check_int(n, v, 0),
-    "n_refine": lambda n, v: check_int(n, v, 0),
-    "balance_steps": lambda n, v: check_int(n, v, 0),
-    "max_crossing": lambda n, v: check_real(n, v, 0.0, 1.0),
-    "max_exact": lambda n, v: check_int(n, v, 2),
-    "group_penalty": lambda n, v: check_real(n, v, 0.0),
-    "anchor_weight": lambda n, v: check_real(n, v, 0.0),
-}
-
-
-@dataclass(frozen=True)
-class TranslateSettings:
-    """Map coordinates, starts and OT refinement settings of :func:`flowmatch.translate`."""
-
-    space: str = "pca"
-    n_gw_starts: int = 6
-    n_refine: int = 10
-    balance_steps: int = 10
-    max_crossing: float = 0.2
-    max_exact: int = 1500
-    group_penalty: float = 0.0
-    anchor_weight: float = 10.0
-
-    def __post_init__(self) -> None:
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            rule = _TRANSLATE_RULES[f.name]
-            _checked(f"translate.{f.name}", functools.partial(rule, f.name, value))
 
 
 @dataclass(frozen=True)
@@ -184,8 +153,10 @@ def _mapping(name: str, value: Any) -> dict[str, Any]:
 
 
 def _translate(value: Any) -> TranslateSettings:
-    raw = _mapping("translate", value)
+    raw = dict(_mapping("translate", value))
     _check_keys("translate", raw, {f.name for f in dataclasses.fields(TranslateSettings)})
+    for key, value in raw.items():
+        _checked(f"translate.{key}", functools.partial(check_setting, key, value))
     return TranslateSettings(**raw)
 
 

@@ -15,15 +15,17 @@ The leaf assignment minimises a fused Gromov–Wasserstein-type objective over i
          + w_mass · mean_i |m_a[i] − m_b[πi]| / mean(m)
          + w_prom · mean_i |p_a[i] − p_b[πi]|
 
-solved exactly by enumeration when small, otherwise by many randomised FAQ restarts
-(``scipy.optimize.quadratic_assignment``) followed by pairwise-swap descent. Confidences come
+solved exactly by enumeration when small, otherwise by 2-opt quadratic assignment from a
+distance-profile start and random starts (:mod:`flowmatch.qap`), followed for small trees by
+pairwise-swap descent on J. Confidences come
 from a Boltzmann weighting of all distinct candidate assignments found.
 
 References
 ----------
 Vayer, Chapel, Flamary, Tavenard, Courty. "Optimal Transport for structured data with application
 on graphs" (fused Gromov–Wasserstein), ICML 2019.
-Vogelstein et al. "Fast Approximate Quadratic Programming for Graph Matching", PLoS ONE 2015.
+Mémoli. "Gromov–Wasserstein distances and the metric approach to object matching",
+Foundations of Computational Mathematics 2011 (distance-profile lower bound).
 """
 
 from __future__ import annotations
@@ -35,7 +37,9 @@ from typing import Any, Protocol
 
 import networkx as nx
 import numpy as np
-from scipy.optimize import linear_sum_assignment, quadratic_assignment
+from scipy.optimize import linear_sum_assignment
+
+from flowmatch.qap import two_opt
 
 __all__ = [
     "MATCHING_FORMAT",
@@ -94,7 +98,7 @@ class TreeMatching:
     coupling : ndarray  # (m_a, m_b) Boltzmann-averaged assignment matrix over candidates
         (a transport matching: share of each A leaf's mass sent to each B leaf)
     n_candidates : int  # distinct assignments evaluated for the confidences
-    method : str  # "exhaustive", "faq" or "transport"
+    method : str  # "exhaustive", "qap" (2-opt search) or "transport"
     objective : float | None  # objective J of the chosen assignment (:func:`match_trees`);
         None for a transport matching
     crossing_mass : float | None  # fraction of the transported mass sent outside the pairs
@@ -315,6 +319,14 @@ def _objective(
     return j
 
 
+_MAX_SWAP_DESCENT = 30
+"""Swap descent on J evaluates O(m²) moves of O(m²) each per step: only for small trees."""
+
+_QAP_WORK = 1e8
+"""Bound on the 2-opt work of one tree matching, in n² units (the cost of one step): 64
+starts for tens of modes, a few for a few hundred."""
+
+
 def _exhaustive(m_a: int, m_b: int) -> np.ndarray:
     return np.array(list(itertools.permutations(range(m_b), m_a)), dtype=np.int64)
 
@@ -349,31 +361,59 @@ def _swap_descent(
     return perm
 
 
-def _faq_candidates(
+def _signature_start(sa: TreeSummary, sb: TreeSummary, n: int) -> np.ndarray:
+    """Permutation (n,) pairing leaves with similar sorted distance profiles (an isometry
+    invariant: Mémoli's third lower bound), by linear assignment; padding rows go last."""
+    levels = np.linspace(0.0, 1.0, 16)
+    qa = np.quantile(sa.distances, levels, axis=1).T
+    qb = np.quantile(sb.distances, levels, axis=1).T
+    cost = np.abs(qa[:, None, :] - qb[None, :, :]).mean(-1)  # (m_a, m_b)
+    rows, cols = linear_sum_assignment(cost)
+    perm = np.empty(n, dtype=np.int64)
+    perm[rows] = cols
+    perm[len(rows) :] = np.setdiff1d(np.arange(n), cols)
+    return perm
+
+
+def _qap_candidates(
     sa: TreeSummary,
     sb: TreeSummary,
     weights: dict[str, float],
     n_restarts: int,
     rng: np.random.Generator,
 ) -> np.ndarray:
-    """Randomised FAQ on the distance matrices (A padded to B's size), then swap descent on J."""
+    """2-opt quadratic assignment on the distance + ultrametric matrices (A padded to B's size)
+    from a signature start and random starts, then swap descent on J for small trees.
+
+    The 2-opt steps of all starts share the budget ``_QAP_WORK / n²`` (at least 8n, which the
+    signature start may use whole), so trees with hundreds of modes are matched in seconds.
+    """
     m_a, m_b = len(sa.masses), len(sb.masses)
     n = m_b
     a = np.zeros((n, n))
     b = np.zeros((n, n))
     a[:m_a, :m_a] = sa.distances + sa.ultrametric
     b[:m_b, :m_b] = sb.distances + sb.ultrametric
-    out = []
-    for _ in range(n_restarts):
-        res = quadratic_assignment(
-            a,
-            b,
-            method="faq",
-            options={"maximize": True, "P0": "randomized", "rng": rng},
-        )
-        perm = np.asarray(res.col_ind, dtype=np.int64)[:m_a]  # n = m_b: always a valid injection
-        out.append(_swap_descent(perm, sa, sb, weights, m_b))
+    steps = max(8 * n, int(_QAP_WORK // max(n, 1) ** 2))  # total 2-opt steps, all starts
+    out = [two_opt(a, b, _signature_start(sa, sb, n), max_steps=steps)[:m_a]]
+    for _ in range(int(n_restarts) - 1):
+        steps -= 2 * n
+        if steps < 2 * n:
+            break
+        out.append(two_opt(a, b, rng.permutation(n), max_steps=2 * n)[:m_a])
+    if m_b <= _MAX_SWAP_DESCENT:  # n = m_b: every truncated permutation is a valid injection
+        out = [_swap_descent(perm, sa, sb, weights, m_b) for perm in out]
     return np.unique(np.stack(out), axis=0)
+
+
+def _n_injections(m_a: int, m_b: int, cap: int) -> int:
+    """m_b! / (m_b − m_a)!, or ``cap + 1`` as soon as the product exceeds ``cap``."""
+    total = 1
+    for k in range(m_b - m_a + 1, m_b + 1):
+        total *= k
+        if total > cap:
+            return cap + 1
+    return total
 
 
 def _internal_pairs(tree_a: _Tree, tree_b: _Tree, pairs: np.ndarray) -> tuple:
@@ -424,7 +464,8 @@ def match_trees(
         splits in one model and not in the other, distances between the modes that persist do
         not (on digits-mlp the truth-consistent assignment has the lower distance term but the
         higher mass term).
-    n_restarts : randomised FAQ restarts when enumeration is too large.
+    n_restarts : 2-opt starts when enumeration is too large (fewer for trees of hundreds of
+        modes, whose every 2-opt step costs an n × n matrix product).
     max_exhaustive : enumerate all injections when there are at most this many.
     temperature : Boltzmann temperature for the confidences; default (a heuristic scale): the
         spread between the best and the median candidate objective, divided by 30.
@@ -443,12 +484,11 @@ def match_trees(
     if m_a == 0:
         raise ValueError("a density tree has no significant leaves to match")
     weights = {"dist": w_dist, "ultra": w_ultra, "mass": w_mass, "prom": w_prom}
-    n_inj = int(np.prod(np.arange(m_b - m_a + 1, m_b + 1), dtype=np.float64))
-    if n_inj <= max_exhaustive:
+    if _n_injections(m_a, m_b, max_exhaustive) <= max_exhaustive:
         cand, method = _exhaustive(m_a, m_b), "exhaustive"
     else:
         rng = np.random.default_rng(seed)
-        cand, method = _faq_candidates(sa, sb, weights, n_restarts, rng), "faq"
+        cand, method = _qap_candidates(sa, sb, weights, n_restarts, rng), "qap"
     vals = _objective(sa, sb, cand, weights)
     order = np.argsort(vals, kind="stable")
     best = cand[order[0]]

@@ -173,6 +173,8 @@ def _legacy_safetensors_kind(meta: dict[str, str]) -> str | None:
         return doc["kind"]
     if "spec" in doc and "test_accuracy" in doc:
         return "ZooModel"
+    if {"corpus", "encoder", "text_sha256"} <= set(doc):
+        return "EmbeddingCache"
     return None
 
 

@@ -19,7 +19,6 @@ empty, or a run folder flowmatch wrote with nothing else in it (:mod:`flowmatch.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import re
 import time
 from collections.abc import Callable, Iterator
@@ -104,13 +103,13 @@ class _Stages:
 
 
 def _translate_params(config: Config) -> dict[str, Any]:
-    """Keyword arguments of :func:`flowmatch.translate` from the config (every field of its
-    ``translate`` section, and the stage sections)."""
+    """Keyword arguments of :func:`flowmatch.translate` from the config (its ``translate``
+    section as ``settings``, and the stage sections)."""
     return {
         "autoencoder_params": dict(config.autoencoder),
         "tree_params": dict(config.tree),
         "match_params": dict(config.match),
-        **dataclasses.asdict(config.translate),
+        "settings": config.translate,
     }
 
 

@@ -1,22 +1,32 @@
 """``translate(a, b)``: carry model A's activations into model B's activation space without
 paired data.
 
-Pipeline: fit a flow autoencoder per model → density tree of each latent →
-:func:`~flowmatch.matching.match_trees` → starting maps (the matched mode centroids, and
-Gromov–Wasserstein couplings of subsamples) → optimal-transport refinement of a similarity map
-between the two sides' map coordinates → the start whose refined map has the lowest transport
-cost is kept.
+Stages (each a function below, with its own module and tests):
 
-The map acts on each autoencoder's k leading principal coordinates by default
-(``space="pca"``: ``x_a ↦ pca⁻¹_b(M · pca_a(x_a) + c)``), or on the flow latents
-(``space="latent"``: ``x_a ↦ decode_b(M · encode_a(x_a) + c)``). On the zoo pairs the principal
-coordinates give the better maps and the more reliable choice between starts (README, "translate").
+1. **coordinates** — each side centred, globally scaled, its ``p`` leading principal
+   coordinates kept (:mod:`flowmatch.coordinates`);
+2. **density trees** — a volume-preserving flow autoencoder per side, the merge tree of its
+   latent density, the two trees matched (:mod:`flowmatch.density_tree`,
+   :mod:`flowmatch.matching`);
+3. **starting maps** — orthogonal maps between the leading ``p0`` coordinates from anchors:
+   k-means centroids matched by quadratic assignment, the trees' matched modes, principal axes
+   with their skews, Gromov–Wasserstein couplings (:mod:`flowmatch.starts`);
+4. **refine and select** — every start gets a few nearest-neighbour refinement rounds, the
+   best under the selection criterion is refined coarse to fine, on ever more coordinates
+   (:mod:`flowmatch.refinement`);
+5. **balancing** (optional) — when the map carries modes one-to-one, optimal-transport steps
+   that give paired modes equal mass (:func:`flowmatch.alignment.refine_map`);
+6. **explanation** — which mode of A the map carries onto which mode of B
+   (:func:`flowmatch.matching.matching_from_transport`).
+
+The result maps ``x_a ↦ coords_b⁻¹(coords_a(x_a) · Mᵀ + c)``.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,19 +38,23 @@ from tqdm.auto import tqdm
 from flowmatch import metrics
 from flowmatch._io import ArtefactError, load_state, save_state
 from flowmatch._validation import as_matrix, check_fitted
-from flowmatch.alignment import (
-    fit_similarity,
-    refine_map,
-    transport_cost,
-    transport_subsample,
-)
-from flowmatch.gromov import gw_initial_map
+from flowmatch.alignment import refine_map, transport_subsample
+from flowmatch.coordinates import MapCoordinates, choose_n_components
 from flowmatch.matching import TreeMatching, match_trees, matching_from_transport
 from flowmatch.outputs import staged_folder
+from flowmatch.refinement import alignment_score, refine_clusters, refine_nearest
+from flowmatch.settings import TranslateSettings
+from flowmatch.starts import (
+    Anchors,
+    cluster_anchors,
+    gw_start,
+    mode_anchors,
+    moment_start,
+    normalise_rows,
+    start_from_anchors,
+)
 
 __all__ = ["Translation", "TranslationScore", "translate"]
-
-_SPACES = ("pca", "latent")
 
 
 @dataclass(frozen=True)
@@ -55,95 +69,85 @@ class TranslationScore:
 
 
 class Translation:
-    """A map from model A's activation space to model B's: ``out_b(in_a(x) @ M.T + c)``.
-
-    ``space="pca"``: ``in_a`` / ``out_b`` are the autoencoders' k leading principal coordinates
-    and their inverse (:meth:`FlowAutoencoder.principal_coordinates`); ``space="latent"``: their
-    ``encode`` / ``decode``.
+    """A map from model A's activation space to model B's:
+    ``x_a ↦ coords_b⁻¹(coords_a(x_a) · Mᵀ + c)``.
 
     Attributes
     ----------
-    autoencoder_a_, autoencoder_b_ : the fitted :class:`~flowmatch.FlowAutoencoder` of each side.
-    matrix_ : Tensor  # (k_b, k_a) map between the two sides' coordinates
-    bias_ : Tensor  # (k_b,)
-    space_ : str  # "pca" or "latent"
+    coords_a_, coords_b_ : :class:`~flowmatch.coordinates.MapCoordinates` of each side.
+    matrix_ : Tensor  # (p_b, p_a) map between the two sides' coordinates (orthogonal unless
+        the balancing stage ran, then a rotation times one scale)
+    bias_ : Tensor  # (p_b,)
+    autoencoder_a_, autoencoder_b_ : the fitted :class:`~flowmatch.FlowAutoencoder` of each
+        side (whose latents the density trees summarise), or None.
     matching_ : TreeMatching | None  # which density mode of A the map carries onto which of B
-        (from :func:`translate`: transport of the mapped rows, ``method="transport"``; the
-        structural tree matching that gave one of the starts is in ``info_``)
     tree_a_, tree_b_ : fitted density trees (None after :meth:`load`).
-    info_ : dict  # diagnostics: leaf counts, refinement settings, anchors used
+    info_ : dict  # diagnostics: coordinates, every candidate's score, the kept start, timings
     """
 
     def __init__(
         self,
-        autoencoder_a: Any,
-        autoencoder_b: Any,
+        coords_a: MapCoordinates,
+        coords_b: MapCoordinates,
         matrix: Tensor,
         bias: Tensor,
+        *,
+        autoencoder_a: Any = None,
+        autoencoder_b: Any = None,
         matching: TreeMatching | None = None,
         tree_a: Any = None,
         tree_b: Any = None,
         info: dict[str, Any] | None = None,
-        space: str = "latent",
     ) -> None:
-        if space not in _SPACES:
-            raise ValueError(f"space must be one of {_SPACES}, got {space!r}")
-        self.space_ = space
-        self.autoencoder_a_ = autoencoder_a
-        self.autoencoder_b_ = autoencoder_b
+        self.coords_a_, self.coords_b_ = coords_a, coords_b
         self.matrix_ = torch.as_tensor(matrix, dtype=torch.float64)
         self.bias_ = torch.as_tensor(bias, dtype=torch.float64)
+        p_b, p_a = coords_b.components_.shape[1], coords_a.components_.shape[1]
+        if tuple(self.matrix_.shape) != (p_b, p_a) or tuple(self.bias_.shape) != (p_b,):
+            raise ValueError(
+                f"matrix {tuple(self.matrix_.shape)} and bias {tuple(self.bias_.shape)} do not "
+                f"fit coordinates of widths {p_a} → {p_b}"
+            )
+        self.autoencoder_a_, self.autoencoder_b_ = autoencoder_a, autoencoder_b
         self.matching_ = matching
-        self.tree_a_ = tree_a
-        self.tree_b_ = tree_b
+        self.tree_a_, self.tree_b_ = tree_a, tree_b
         self.info_ = dict(info or {})
 
     @property
     def d_a(self) -> int:
-        return int(self.autoencoder_a_.d_in_)
+        return int(self.coords_a_.n_features_in_)
 
     @property
     def d_b(self) -> int:
-        return int(self.autoencoder_b_.d_in_)
+        return int(self.coords_b_.n_features_in_)
 
     def latent(self, x_a: Any) -> Tensor:
-        """A's activations in B's map coordinates (``space_``)  # (n, d_a) → (n, k_b)."""
-        x = as_matrix(x_a, "x_a", dim=self.d_a)
-        ae = self.autoencoder_a_
-        z_a = (ae.principal_coordinates(x) if self.space_ == "pca" else ae.encode(x)).double()
-        return z_a @ self.matrix_.T + self.bias_
+        """A's activations in B's map coordinates  # (n, d_a) → (n, p_b), float64."""
+        return (
+            self.coords_a_.transform(as_matrix(x_a, "x_a", dim=self.d_a)) @ self.matrix_.T
+            + self.bias_
+        )
 
     def __call__(self, x_a: Any) -> Any:
         """Translate ``x_a`` (n, d_a) → (n, d_b); returns NumPy for NumPy input, else torch."""
-        ae, z = self.autoencoder_b_, self.latent(x_a).float()
-        out = (ae.from_principal_coordinates(z) if self.space_ == "pca" else ae.decode(z)).float()
+        out = self.coords_b_.inverse_transform(self.latent(x_a)).float()
         return out.numpy() if isinstance(x_a, np.ndarray) else out
 
     def inverse(self) -> Translation:
-        """The translation from B to A (pseudo-inverse of the latent map)."""
+        """The translation from B to A (pseudo-inverse of the coordinate map)."""
         inv = torch.linalg.pinv(self.matrix_)
-        matching = None
-        if self.matching_ is not None:
-            m = self.matching_
-            matching = TreeMatching(
-                leaf_pairs=m.leaf_pairs[:, ::-1].copy(),
-                confidence=m.confidence,
-                node_pairs=tuple((b, a) for a, b in m.node_pairs),
-                coupling=m.coupling.T.copy(),
-                cost=m.cost,
-                n_candidates=m.n_candidates,
-                method=m.method,
-            )
+        matching = None if self.matching_ is None else self.matching_.swapped()
         return Translation(
-            self.autoencoder_b_,
-            self.autoencoder_a_,
+            self.coords_b_,
+            self.coords_a_,
             inv,
             -inv @ self.bias_,
-            matching,
-            self.tree_b_,
-            self.tree_a_,
-            {**self.info_, "inverted": not self.info_.get("inverted", False)},
-            space=self.space_,
+            autoencoder_a=self.autoencoder_b_,
+            autoencoder_b=self.autoencoder_a_,
+            matching=matching,
+            tree_a=self.tree_b_,
+            tree_b=self.tree_a_,
+            info={**self.info_, "inverted": not self.info_.get("inverted", False)},
         )
 
     def score(
@@ -170,7 +174,7 @@ class Translation:
 
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | os.PathLike) -> Path:
-        """Write a folder: ``translation.safetensors``, both autoencoders and a marker.
+        """Write a folder: ``translation.safetensors``, the autoencoders and a marker.
 
         The folder is written beside ``path`` and then replaces it (old aside, new in, old
         deleted); an existing ``path`` must be an empty folder or a Translation folder written
@@ -178,23 +182,20 @@ class Translation:
         """
         with staged_folder(path, "Translation") as tmp:
             tensors = {"matrix": self.matrix_, "bias": self.bias_}
-            meta: dict[str, Any] = {"info": self.info_, "space": self.space_}
+            meta: dict[str, Any] = {"info": self.info_, "coordinates": {}}
+            for side, coords in (("a", self.coords_a_), ("b", self.coords_b_)):
+                t, m = coords.to_state()
+                tensors.update({f"coords_{side}.{k}": v.clone() for k, v in t.items()})
+                meta["coordinates"][side] = m
             if self.matching_ is not None:
-                m = self.matching_
-                tensors.update(
-                    leaf_pairs=torch.as_tensor(np.asarray(m.leaf_pairs, dtype=np.int64)),
-                    confidence=torch.as_tensor(np.asarray(m.confidence, dtype=np.float64)),
-                    coupling=torch.as_tensor(np.asarray(m.coupling, dtype=np.float64)),
-                )
-                meta["matching"] = {
-                    "cost": float(m.cost),
-                    "n_candidates": int(m.n_candidates),
-                    "method": m.method,
-                    "node_pairs": [[str(a), str(b)] for a, b in m.node_pairs],
-                }
+                arrays, meta["matching"] = self.matching_.to_state()
+                tensors.update({k: torch.as_tensor(v) for k, v in arrays.items()})
+            sides = [s for s, ae in (("a", self.autoencoder_a_), ("b", self.autoencoder_b_)) if ae]
+            meta["autoencoders"] = sides
             save_state(tmp / "translation.safetensors", tensors, meta, kind="Translation")
-            self.autoencoder_a_.save(tmp / "autoencoder_a.safetensors")
-            self.autoencoder_b_.save(tmp / "autoencoder_b.safetensors")
+            for side in sides:
+                ae = self.autoencoder_a_ if side == "a" else self.autoencoder_b_
+                ae.save(tmp / f"autoencoder_{side}.safetensors")
         return Path(path)
 
     @classmethod
@@ -203,8 +204,6 @@ class Translation:
 
         Every entry is checked; a bad folder raises ``ValueError`` naming the file and entry.
         """
-        from flowmatch.autoencoder import FlowAutoencoder
-
         path = Path(path)
         if not path.exists():
             raise FileNotFoundError(f"no translation folder at {path}")
@@ -213,103 +212,315 @@ class Translation:
                 f"{path} is a file; a translation folder (Translation.save) is needed"
             )
         art = load_state(path / "translation.safetensors", "Translation")
-        art.check_tensor_names({"matrix", "bias", "leaf_pairs", "confidence", "coupling"})
-        ae_a = FlowAutoencoder.load(path / "autoencoder_a.safetensors")
-        ae_b = FlowAutoencoder.load(path / "autoencoder_b.safetensors")
-        k_a, k_b = int(ae_a.latent_dim_), int(ae_b.latent_dim_)
-        matrix = art.tensor("matrix", torch.float64, (k_b, k_a))
-        bias = art.tensor("bias", torch.float64, (k_b,))
-        space = art.field("space", str) if "space" in art.meta or art.version else "latent"
-        if space not in _SPACES:
-            raise art.error(f"metadata entry 'space' must be one of {_SPACES}, got {space!r}")
+        names = {f"coords_{s}.{k}" for s in "ab" for k in _COORD_TENSORS}
+        art.check_tensor_names({"matrix", "bias", "leaf_pairs", "confidence", "coupling", *names})
+        if "coords_a.components" not in art.tensors:
+            raise art.error(
+                "written by an earlier flowmatch whose maps acted on the autoencoders' own "
+                "coordinates; fit the translation again"
+            )
+        saved = art.field("autoencoders", list)
+        aes = [
+            _load_autoencoder(path / f"autoencoder_{side}.safetensors") if side in saved else None
+            for side in "ab"
+        ]
+        coords = [_load_coordinates(art, side) for side in "ab"]
+        p_a, p_b = (c.components_.shape[1] for c in coords)
+        matrix = art.tensor("matrix", torch.float64, (p_b, p_a))
+        bias = art.tensor("bias", torch.float64, (p_b,))
         info = art.meta.get("info", {})
         if not isinstance(info, dict):
             raise art.error("metadata entry 'info' must be an object")
         matching = _load_matching(art) if "leaf_pairs" in art.tensors else None
-        return cls(ae_a, ae_b, matrix, bias, matching, info=info, space=space)
+        return cls(
+            *coords,
+            matrix,
+            bias,
+            autoencoder_a=aes[0],
+            autoencoder_b=aes[1],
+            matching=matching,
+            info=info,
+        )
 
     def __repr__(self) -> str:
-        k_b, k_a = self.matrix_.shape
+        p_b, p_a = self.matrix_.shape
         n = 0 if self.matching_ is None else len(self.matching_.leaf_pairs)
         return (
-            f"Translation(d_a={self.d_a}, d_b={self.d_b}, k_a={k_a}, k_b={k_b}, "
-            f"space={self.space_!r}, matched_modes={n})"
+            f"Translation(d_a={self.d_a}, d_b={self.d_b}, p_a={p_a}, p_b={p_b}, matched_modes={n})"
         )
+
+
+_COORD_TENSORS = ("mean", "components", "explained_variance_ratio")
+
+
+def _load_coordinates(art: Any, side: str) -> MapCoordinates:
+    """One side's stored :class:`MapCoordinates`, every entry checked."""
+    comp = art.tensor(f"coords_{side}.components", torch.float64, (None, None))
+    d, p = comp.shape
+    tensors = {
+        "components": comp,
+        "mean": art.tensor(f"coords_{side}.mean", torch.float64, (d,)),
+        "explained_variance_ratio": art.tensor(
+            f"coords_{side}.explained_variance_ratio", torch.float64, (p,)
+        ),
+    }
+    meta = art.field(side, dict, art.field("coordinates", dict))
+    try:
+        return MapCoordinates.from_state(tensors, {"scale": art.field("scale", (int, float), meta)})
+    except ValueError as err:
+        raise art.error(f"coordinates of side {side}: {err}") from None
+
+
+def _load_autoencoder(path: Path) -> Any:
+    from flowmatch.autoencoder import FlowAutoencoder
+
+    return FlowAutoencoder.load(path)
 
 
 def _load_matching(art: Any) -> TreeMatching:
     """The stored :class:`TreeMatching` of a Translation file, every entry checked."""
     mm = art.field("matching", dict)
     pairs = art.tensor("leaf_pairs", torch.int64, (None, 2))
-    m = len(pairs)
-    confidence = art.tensor("confidence", "float", (m,))
-    coupling = art.tensor("coupling", "float", (None, None))
-    node_pairs = art.field("node_pairs", list, mm)
-    if not all(isinstance(p, list) and len(p) == 2 for p in node_pairs):
-        raise art.error("'matching' entry 'node_pairs' must be a list of pairs")
-    return TreeMatching(
-        leaf_pairs=pairs.numpy(),
-        confidence=confidence.double().numpy(),
-        node_pairs=tuple(tuple(p) for p in node_pairs),
-        coupling=coupling.double().numpy(),
-        cost=float(art.field("cost", (int, float), mm)),
-        n_candidates=art.field("n_candidates", int, mm),
-        method=art.field("method", str, mm),
-    )
+    arrays = {
+        "leaf_pairs": pairs.numpy(),
+        "confidence": art.tensor("confidence", "float", (len(pairs),)).double().numpy(),
+        "coupling": art.tensor("coupling", "float", (None, None)).double().numpy(),
+    }
+    try:
+        return TreeMatching.from_state(arrays, mm)
+    except ValueError as err:
+        raise art.error(str(err)) from None
 
 
-# ---------------------------------------------------------------------- fitting helpers
-def _autoencoder_and_data(
-    side: Any, data: Any, params: dict[str, Any], seed: int, name: str
-) -> tuple[Any, Tensor]:
-    """A fitted autoencoder and the rows its tree is built on."""
+# ---------------------------------------------------------------------- stages
+_AE_DEFAULTS: dict[str, Any] = {"latent_dim": 16}
+"""The trees summarise a 16-dimensional flow latent (at most what a side holds); the map itself
+acts on the map coordinates, so a wider latent would only cost training time."""
+
+_TREE_DEFAULTS: dict[str, Any] = {"min_prominence": 1.0}
+"""Modes whose log-density peak rises less than 1 nat (a factor e) above the saddle where they
+merge are treated as noise; the criterion does not change under rotation, translation or global
+scaling of a latent."""
+
+
+def _autoencoder(side: Any, data: Any, params: dict[str, Any], seed: int, name: str):
+    """A fitted autoencoder and the rows the map and the tree are fitted on."""
     from flowmatch.autoencoder import FlowAutoencoder
 
     if hasattr(side, "encode") and hasattr(side, "latent_log_prob"):
         check_fitted(side, "latent_dim_")
         if data is None:
             return side, side.sample(params.get("n_samples", 5000)).float()
-        return side, as_matrix(data, f"data_{name}", dim=int(side.d_in_))
+        return side, as_matrix(data, f"data_{name}", dim=int(side.d_in_), min_samples=2)
     x = as_matrix(side, name, min_samples=2)
-    ae = FlowAutoencoder(**{"seed": seed, **params}).fit(x)
-    return ae, x
+    params = dict(params)
+    if isinstance(params.get("latent_dim"), int):  # never wider than the side holds
+        params["latent_dim"] = min(params["latent_dim"], _modelled_width(x))
+    return FlowAutoencoder(**{"seed": seed, **params}).fit(x), x
 
 
-def _standardise(z: Tensor) -> tuple[Tensor, Tensor]:
-    """Mean and one global scale: ``u = (z − mean) / scale`` has unit mean variance per
-    coordinate. Relative variances are kept — whitening instead would lift the weak, noisy
-    directions to the weight of the strong ones in every transport cost."""
-    mu = z.mean(0)
-    return mu, ((z - mu) ** 2).sum(1).mean().sqrt() / z.shape[1] ** 0.5
+def _modelled_width(x: Tensor) -> int:
+    """Non-constant columns of ``x`` (what an autoencoder's latent can hold)."""
+    return max(int(((x.max(0).values - x.min(0).values) > 0).sum()), 1)
 
 
-def _branch_centroids(u: Tensor, groups: np.ndarray, n: int) -> Tensor:
-    """Mean of the rows of each matched branch  # (rows, k), (rows,) → (n, k)"""
-    return torch.stack([u[torch.as_tensor(np.flatnonzero(groups == g))].mean(0) for g in range(n)])
+def fit_coordinates(
+    x_a: Tensor, x_b: Tensor, n_components: int | None = None
+) -> tuple[MapCoordinates, MapCoordinates]:
+    """Stage 1: both sides' map coordinates, with a common width ``p``
+    (:func:`~flowmatch.coordinates.choose_n_components` when ``n_components`` is None)."""
+    p = choose_n_components(x_a, x_b) if n_components is None else int(n_components)
+    p = min(p, x_a.shape[1], x_b.shape[1])
+    return MapCoordinates(p).fit(x_a), MapCoordinates(p).fit(x_b)
 
 
-def _matching_under_map(
-    tree_a: Any,
-    tree_b: Any,
-    latents: tuple[Tensor, Tensor],
-    coords: tuple[Tensor, Tensor],
-    matrix: Tensor,
-    bias: Tensor,
-    max_exact: int,
-    seed: int,
+def fit_trees(ae_a: Any, x_a: Tensor, ae_b: Any, x_b: Tensor, params: dict[str, Any], seed: int):
+    """Stage 2: the density tree of each side's flow latent, their structural matching and
+    every row's mode (leaf index): ``(tree_a, tree_b, matching, modes_a, modes_b)``."""
+    from flowmatch.density_tree import DensityTree
+
+    tree_params = {"seed": seed, **params.get("tree", {})}
+    trees, modes = [], []
+    for ae, x in ((ae_a, x_a), (ae_b, x_b)):
+        tree = DensityTree.from_autoencoder(ae, x, **tree_params)
+        trees.append(tree)
+        modes.append(np.asarray(tree.predict(ae.encode(x).double().numpy())))
+    matching = match_trees(*trees, seed=seed, **params.get("match", {}))
+    return trees[0], trees[1], matching, modes[0], modes[1]
+
+
+def starting_maps(
+    u_a: Tensor,
+    u_b: Tensor,
+    settings: TranslateSettings,
+    *,
+    trees: tuple[Any, ...] | None = None,
+    pairs: tuple[np.ndarray, np.ndarray] | None = None,
+    seed: int = 0,
+    progress: bool = False,
+) -> dict[str, Tensor]:
+    """Stage 3: candidate orthogonal maps (p_b, p_a) by name.
+
+    ``clusters``: pooled k-means anchors (plus the known pairs, if any); ``modes``: the matched
+    density modes of ``trees = (tree_a, tree_b, matching, modes_a, modes_b)``; ``moments``:
+    principal axes in order, signs by skew; ``gw<i>``: Gromov–Wasserstein couplings of 400-row
+    subsamples.
+    """
+    s, out = settings, {}
+    common = {"k": s.neighbours, "seed": seed}
+    if "clusters" in s.starts:
+        anchors = cluster_anchors(
+            u_a,
+            u_b,
+            n_clusters=s.n_clusters,
+            n_runs=s.n_anchor_runs,
+            n_restarts=s.n_qap_restarts,
+            max_rows=s.anchor_rows,
+            seed=seed,
+            progress=progress,
+        )
+        if pairs is not None and len(pairs[0]):
+            known = Anchors(normalise_rows(u_a[pairs[0]]), normalise_rows(u_b[pairs[1]]), ())
+            anchors = Anchors(torch.cat([anchors.a, known.a]), torch.cat([anchors.b, known.b]), ())
+        out["clusters"] = start_from_anchors(u_a, u_b, anchors, **common)
+    if "modes" in s.starts and trees is not None:
+        _, _, matching, modes_a, modes_b = trees
+        try:
+            anchors = mode_anchors(u_a, u_b, modes_a, modes_b, matching.leaf_pairs)
+            out["modes"] = start_from_anchors(u_a, u_b, anchors, **common)
+        except ValueError:  # fewer than two matched modes: no start from the trees
+            pass
+    if "moments" in s.starts:
+        out["moments"] = moment_start(u_a, u_b)
+    if "gw" in s.starts:
+        for i in range(s.n_gw_starts):
+            out[f"gw{i}"] = gw_start(u_a, u_b, seed=seed + i)
+    if not out:
+        raise ValueError(f"no starting map: the start families {s.starts} gave none")
+    return out
+
+
+def search_widths(p: int, search_components: int) -> list[int]:
+    """Coordinate widths of the coarse-to-fine search: ``p0 = min(p, search_components)``, then
+    doubling, then ``p``  # e.g. (298, 32) → [32, 64, 128, 256, 298]."""
+    widths = [min(p, search_components)]
+    while widths[-1] < p:
+        widths.append(min(2 * widths[-1], p))
+    return widths
+
+
+def _widened(rot: Tensor, width: int) -> Tensor:
+    """``rot`` (w, w) as the leading block of a (width, width) map, zero elsewhere."""
+    out = torch.zeros(width, width, dtype=torch.float64)
+    out[: rot.shape[0], : rot.shape[1]] = rot
+    return out
+
+
+def refine_and_select(
+    u_a: Tensor,
+    u_b: Tensor,
+    starts: dict[str, Tensor],
+    settings: TranslateSettings,
+    *,
+    seed: int = 0,
+    progress: bool = False,
+) -> tuple[str, Tensor, dict[str, dict[str, float]]]:
+    """Stage 4: select a start and refine it coarse to fine.
+
+    Every start (maps between the ``p0`` leading coordinates, :func:`search_widths`) gets
+    ``n_probe`` nearest-neighbour rounds; the best under
+    :func:`~flowmatch.refinement.alignment_score` (CSLS, measured at ``p0``) gets
+    ``n_refine`` rounds at each width of the schedule — the map found on the strong directions
+    is the start on the next, wider set — then the cluster correction at the full width.
+
+    Returns
+    -------
+    name : the kept start ; rotation : Tensor  # (p, p) ; scores : per start, its score after
+        the probe rounds, and ``"final"`` for the refined kept map at the full width.
+    """
+    s = settings
+    rounds = {
+        "batch": s.refine_batch,
+        "k": s.neighbours,
+        "smoothing": s.smoothing,
+        "max_targets": s.max_targets,
+        "orthogonal": s.orthogonal,
+    }
+    widths = search_widths(u_a.shape[1], s.search_components)
+    ua0, ub0 = u_a[:, : widths[0]], u_b[:, : widths[0]]
+    probed, scores = {}, {}
+    for name, rot in starts.items():
+        probed[name] = refine_nearest(ua0, ub0, rot, n_rounds=s.n_probe, seed=seed, **rounds)
+        scores[name] = asdict(alignment_score(ua0, ub0, probed[name]))
+    kept = max(scores, key=lambda name: scores[name]["csls"])
+    rot = probed[kept]
+    bar = tqdm(widths, desc="refine", disable=not progress, leave=False)
+    for stage, width in enumerate(bar):
+        rot = refine_nearest(
+            u_a[:, :width],
+            u_b[:, :width],
+            _widened(rot, width),
+            n_rounds=max(s.n_refine - (s.n_probe if stage == 0 else 0), 0),
+            seed=seed + 1 + stage,
+            **rounds,
+        )
+    if s.n_refine_clusters:
+        rot = refine_clusters(
+            u_a, u_b, rot, n_clusters=s.n_refine_clusters, orthogonal=s.orthogonal, seed=seed
+        )
+    scores["final"] = asdict(alignment_score(u_a, u_b, rot))
+    return kept, rot, scores
+
+
+def _mode_pairs_under_map(
+    trees: tuple, u_a: Tensor, u_b: Tensor, matrix: Tensor, bias: Tensor, max_exact: int, seed: int
 ) -> TreeMatching:
-    """Which mode of A the kept map carries onto which mode of B: the exact OT plan of
-    :func:`~flowmatch.alignment.transport_cost` (same subsamples), summed per pair of leaves."""
-    ia, ib, plan, _ = transport_subsample(*coords, matrix, bias, max_exact=max_exact, seed=seed)
-    leaf_a = tree_a.predict(latents[0][ia].numpy())
-    leaf_b = tree_b.predict(latents[1][ib].numpy())
-    return matching_from_transport(tree_a, tree_b, leaf_a, leaf_b, plan)
+    """Stage 6 (explanation): the leaf correspondence the exact OT plan between the mapped A
+    rows and the B rows carries (seeded subsamples of at most ``max_exact`` rows)."""
+    tree_a, tree_b, _, modes_a, modes_b = trees
+    ia, ib, plan, _ = transport_subsample(u_a, u_b, matrix, bias, max_exact=max_exact, seed=seed)
+    return matching_from_transport(tree_a, tree_b, modes_a[ia], modes_b[ib], plan)
 
 
-def _agreement(matrix: Tensor, bias: Tensor, ca: Tensor, cb: Tensor) -> float:
-    """Fraction of matched modes whose mapped A centroid lies nearest to its partner in B."""
-    nearest = torch.cdist(ca @ matrix.T + bias, cb).argmin(1)
-    return float((nearest == torch.arange(len(cb))).double().mean())
+def balance(
+    u_a: Tensor,
+    u_b: Tensor,
+    rotation: Tensor,
+    trees: tuple,
+    settings: TranslateSettings,
+    *,
+    anchors: tuple[Tensor, Tensor] | None = None,
+    seed: int = 0,
+) -> tuple[Tensor, Tensor, TreeMatching, bool]:
+    """Stage 5: when at most ``max_crossing`` of the transported mass leaves the mode pairs the
+    map carries, ``balance_steps`` similarity steps of OT refinement that give paired modes
+    equal mass on both sides. Returns ``(matrix, bias, mode correspondence, balanced)``."""
+    s = settings
+    matrix, bias = rotation, torch.zeros(rotation.shape[0], dtype=torch.float64)
+    final = _mode_pairs_under_map(trees, u_a, u_b, matrix, bias, s.max_exact, seed)
+    if not (s.balance_steps and final.crossing_mass <= s.max_crossing and len(final.leaf_pairs)):
+        return matrix, bias, final, False
+    _, _, _, modes_a, modes_b = trees
+    lookup = [np.full(len(t.leaves_) + 1, -1, dtype=np.int64) for t in trees[:2]]
+    for side in (0, 1):
+        lookup[side][final.leaf_pairs[:, side]] = np.arange(len(final.leaf_pairs))
+    groups = (lookup[0][modes_a], lookup[1][modes_b])
+    matrix, bias = refine_map(
+        u_a,
+        u_b,
+        matrix,
+        bias,
+        n_iter=s.balance_steps,
+        kind="similarity",
+        max_exact=s.max_exact,
+        seed=seed,
+        groups=groups,
+        group_penalty=s.group_penalty,
+        anchors=anchors,
+        anchor_weight=s.anchor_weight,
+    )
+    final = _mode_pairs_under_map(trees, u_a, u_b, matrix, bias, s.max_exact, seed)
+    return matrix, bias, final, True
 
 
 def _canonical(x: Tensor) -> np.ndarray:
@@ -317,23 +528,16 @@ def _canonical(x: Tensor) -> np.ndarray:
     return np.lexsort(x.double().numpy().T[::-1])
 
 
-def _groups(tree: Any, z: Tensor, matched: np.ndarray) -> np.ndarray:
-    """Per row: index of its matched leaf pair, or −1 when its leaf is unmatched."""
-    leaf = np.asarray(tree.predict(z.numpy()))
-    lookup = np.full(max(len(tree.leaves_), 1), -1, dtype=np.int64)
-    lookup[matched] = np.arange(len(matched))
-    return lookup[leaf]
-
-
-_AE_DEFAULTS: dict[str, Any] = {"explained_variance": 0.95, "min_latent_dim": 16}
-"""A wider latent than the autoencoder's own default (0.9, floor 10): the latent map cannot be
-better than a paired affine map between the two latents, and at k = 10 that ceiling is 0.91 of
-the full supervised stitching on mnist1d-cnn (0.97 at k = 16)."""
-
-_TREE_DEFAULTS: dict[str, Any] = {"min_prominence": 1.0}
-"""Modes whose log-density peak rises less than 1 nat (a factor e) above the saddle where they
-merge are treated as noise; the criterion does not change under rotation, translation or global
-scaling of a latent."""
+def _pairs(pairs: Any, n_a: int, n_b: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """Known pairs ``(idx_a, idx_b)`` as checked int arrays."""
+    if pairs is None:
+        return None
+    pa, pb = (np.asarray(p, dtype=np.int64).reshape(-1) for p in pairs)
+    if len(pa) != len(pb):
+        raise ValueError(f"pairs has {len(pa)} A indices but {len(pb)} B indices")
+    if pa.size and (pa.min() < 0 or pa.max() >= n_a or pb.min() < 0 or pb.max() >= n_b):
+        raise ValueError("pairs holds row indices outside the A or B activations")
+    return pa, pb
 
 
 def translate(
@@ -343,150 +547,94 @@ def translate(
     *,
     data_a: Any = None,
     data_b: Any = None,
+    settings: TranslateSettings | None = None,
     autoencoder_params: dict[str, Any] | None = None,
     tree_params: dict[str, Any] | None = None,
     match_params: dict[str, Any] | None = None,
-    n_refine: int = 10,
-    max_exact: int = 1500,
-    group_penalty: float = 0.0,
-    anchor_weight: float = 10.0,
-    balance_steps: int = 10,
-    max_crossing: float = 0.2,
-    n_gw_starts: int = 6,
-    space: str = "pca",
     seed: int = 0,
     progress: bool = True,
+    **options: Any,
 ) -> Translation:
-    """Fit a translation from model A's activations to model B's.
+    """Fit a translation from model A's activations to model B's without paired rows.
 
     Parameters
     ----------
-    a, b : fitted FlowAutoencoders, or activations (ActivationSet / Tensor / ndarray (n, d)) —
-        then a default autoencoder is fitted to each. The two sets need not share inputs.
-    pairs : optional known correspondences ``(idx_a, idx_b)`` into the rows of ``data_a`` /
-        ``data_b`` (or of ``a``/``b`` when those are activations), used as weighted anchors.
-    data_a, data_b : rows to build the density trees on when ``a``/``b`` are autoencoders
-        (default: samples from the autoencoder's own density).
-    autoencoder_params, tree_params, match_params : passed to FlowAutoencoder, DensityTree and
-        match_trees. With ``latent_dim="auto"`` (default; here 0.95 of the variance, at least
-        16 coordinates) B's latent gets the width chosen for A; trees keep modes of prominence
-        ≥ 1 nat unless told otherwise.
-    n_refine, max_exact, group_penalty, anchor_weight : OT refinement (see
-        :func:`~flowmatch.alignment.refine_map`).
-    balance_steps, max_crossing : when the kept map carries the modes of A one-to-one onto
-        modes of B — at most ``max_crossing`` of the transported mass leaves the mode pairs
-        (:func:`~flowmatch.matching.matching_from_transport`) — ``balance_steps`` more
-        similarity steps reweight A's rows so that paired modes hold equal mass on both sides
-        (and, with ``group_penalty`` > 0, penalise transport between modes). This removes the
-        bias that unequal mode proportions in the two samples put on a balanced transport map;
-        where modes are not clean units (the zoo layers: 28–90% crossing mass) it is skipped.
-    n_gw_starts : extra starting maps from Gromov–Wasserstein couplings of subsamples
-        (:func:`~flowmatch.gromov.gw_initial_map`). Every start (the tree matching's map first)
-        gets ``n_refine`` similarity steps; the one with the lowest transport cost to B's rows
-        is kept (``info_`` records the costs and the winner). 0: the tree matching alone.
-    space : where the map acts: ``"pca"`` (default), the k leading principal coordinates of
-        each autoencoder (before its flow), or ``"latent"``, the flow latents. Either way
-        each side is centred and divided by one global scale, never whitened.
+    a, b : activations (ActivationSet / Tensor / ndarray (n, d)), then a flow autoencoder is
+        fitted to each; or fitted FlowAutoencoders (then ``data_a``/``data_b`` give the rows,
+        default: samples of their densities). The two sets need not share inputs.
+    pairs : optional known correspondences ``(idx_a, idx_b)`` into the rows of A and B: extra
+        anchors for the starting maps and the balancing steps.
+    settings : :class:`~flowmatch.settings.TranslateSettings`; ``**options`` override its
+        fields by name (e.g. ``translate(a, b, n_refine=50)``).
+    autoencoder_params, tree_params, match_params : passed to FlowAutoencoder (default: a
+        16-dimensional latent, at most what a side holds), DensityTree (default: modes of
+        prominence ≥ 1 nat) and match_trees.
     seed : seeds every stage.
 
     Returns
     -------
     Translation  # callable (n, d_a) → (n, d_b)
     """
-    from flowmatch.density_tree import DensityTree
+    s = (settings or TranslateSettings()).replace(**options)
+    clock, info = time.perf_counter(), {"seconds": {}}
+    bar = tqdm(total=5, desc="translate", disable=not progress, leave=False)
 
-    if space not in _SPACES:
-        raise ValueError(f"space must be one of {_SPACES}, got {space!r}")
+    def done(stage: str) -> None:
+        nonlocal clock
+        info["seconds"][stage] = round(time.perf_counter() - clock, 3)
+        clock = time.perf_counter()
+        bar.update(1)
+
+    tp = {**_TREE_DEFAULTS, **(tree_params or {})}
+    if "n_modes" in (tree_params or {}) and "min_prominence" not in (tree_params or {}):
+        tp.pop("min_prominence")
     ae_params = {"progress": progress, **_AE_DEFAULTS, **(autoencoder_params or {})}
-    steps = tqdm(total=5, desc="translate", disable=not progress, leave=False)
-    ae_a, xa = _autoencoder_and_data(a, data_a, ae_params, seed, "a")
-    if ae_params.get("latent_dim", "auto") == "auto":  # both latents get A's chosen width
-        ae_params["latent_dim"] = int(ae_a.latent_dim_)
-    ae_b, xb = _autoencoder_and_data(b, data_b, ae_params, seed + 1, "b")
-    steps.update(1)
+    ae_a, xa = _autoencoder(a, data_a, ae_params, seed, "a")
+    ae_b, xb = _autoencoder(b, data_b, ae_params, seed + 1, "b")
     order_a, order_b = _canonical(xa), _canonical(xb)
     xa, xb = xa[torch.as_tensor(order_a)], xb[torch.as_tensor(order_b)]
-    za, zb = ae_a.encode(xa).double(), ae_b.encode(xb).double()
-    tp = {"seed": seed, **_TREE_DEFAULTS, **(tree_params or {})}
-    tree_a = DensityTree(**tp).fit(ae_a, xa)
-    tree_b = DensityTree(**tp).fit(ae_b, xb)
-    matching = match_trees(tree_a, tree_b, seed=seed, **(match_params or {}))
-    steps.update(1)
-    if space == "pca":
-        va, vb = ae_a.principal_coordinates(xa).double(), ae_b.principal_coordinates(xb).double()
-    else:
-        va, vb = za, zb
-    (mu_a, s_a), (mu_b, s_b) = _standardise(va), _standardise(vb)
-    ua, ub = (va - mu_a) / s_a, (vb - mu_b) / s_b
-    ia, ib = matching.leaf_pairs[:, 0], matching.leaf_pairs[:, 1]
-    groups = (_groups(tree_a, za, ia), _groups(tree_b, zb, ib))
-    ca, cb = _branch_centroids(ua, groups[0], len(ia)), _branch_centroids(ub, groups[1], len(ib))
-    weight = tree_a.mode_masses()[ia] * np.maximum(matching.confidence, 1e-3)
-    anchors = None
-    if pairs is not None:
-        pa, pb = (np.asarray(p, dtype=np.int64).reshape(-1) for p in pairs)
-        if len(pa) != len(pb):
-            raise ValueError(f"pairs has {len(pa)} A indices but {len(pb)} B indices")
-        if pa.size and (pa.min() < 0 or pa.max() >= len(xa) or pb.min() < 0 or pb.max() >= len(xb)):
-            raise ValueError("pairs holds row indices outside the A or B activations")
-        pa, pb = np.argsort(order_a)[pa], np.argsort(order_b)[pb]  # into the canonical order
-        anchors = (ua[pa], ub[pb])
-        ca, cb = torch.cat([ca, anchors[0]]), torch.cat([cb, anchors[1]])
-        weight = np.concatenate([weight, np.full(len(pa), weight.mean())])
-    inits = {"tree": fit_similarity(ca, cb, weight)}
-    for start in range(n_gw_starts):
-        matrix, bias, _ = gw_initial_map(va, vb, ua, ub, seed=seed + start)
-        inits[f"gw{start}"] = (matrix, bias)
-    steps.update(1)
-    common = dict(max_exact=max_exact, seed=seed, anchors=anchors, anchor_weight=anchor_weight)
-    maps, costs = {}, {}
-    for name, (matrix, bias) in inits.items():  # same similarity refinement for every start
-        maps[name] = refine_map(ua, ub, matrix, bias, n_iter=n_refine, kind="similarity", **common)
-        costs[name] = transport_cost(ua, ub, *maps[name], max_exact=max_exact, seed=seed)
-    chosen = min(costs, key=costs.__getitem__)
-    matrix, bias = maps[chosen]
-    agree = _agreement(matrix, bias, ca[: len(ia)], cb[: len(ib)])
-    final = _matching_under_map(tree_a, tree_b, (za, zb), (ua, ub), matrix, bias, max_exact, seed)
-    crossing = final.cost
-    balanced = bool(balance_steps) and crossing <= max_crossing and len(final.leaf_pairs) > 0
-    if balanced:
-        fa, fb = final.leaf_pairs[:, 0], final.leaf_pairs[:, 1]
-        by_mode = dict(groups=(_groups(tree_a, za, fa), _groups(tree_b, zb, fb)))
-        matrix, bias = refine_map(
-            ua,
-            ub,
-            matrix,
-            bias,
-            n_iter=balance_steps,
-            kind="similarity",
-            group_penalty=group_penalty,
-            **common,
-            **by_mode,
-        )
-        final = _matching_under_map(
-            tree_a, tree_b, (za, zb), (ua, ub), matrix, bias, max_exact, seed
-        )
-    steps.update(1)
-    steps.close()
-    lat_matrix = matrix * (s_b / s_a)
-    lat_bias = bias * s_b + mu_b - mu_a @ lat_matrix.T
-    info = {
-        "space": space,
-        "n_modes_a": len(tree_a.leaves_),
-        "n_modes_b": len(tree_b.leaves_),
-        "n_matched": len(matching.leaf_pairs),
-        "n_anchor_pairs": 0 if anchors is None else len(anchors[0]),
-        "n_refine": n_refine,
-        "max_exact": max_exact,
-        "group_penalty": group_penalty,
-        "balance_steps": balance_steps,
-        "crossing_mass": crossing,
-        "balanced": balanced,
-        "initialisation": chosen,
-        "tree_agreement": agree,
-        "structural_leaf_pairs": matching.leaf_pairs.tolist(),
-        "structural_cost": matching.cost,
-        "transport_costs": costs,
-        "seed": seed,
-    }
-    return Translation(ae_a, ae_b, lat_matrix, lat_bias, final, tree_a, tree_b, info, space=space)
+    known = _pairs(pairs, len(xa), len(xb))
+    if known is not None:  # into the canonical order
+        known = (np.argsort(order_a)[known[0]], np.argsort(order_b)[known[1]])
+    done("autoencoders")
+    coords = fit_coordinates(xa, xb, s.n_components)
+    ua, ub = coords[0].transform(xa), coords[1].transform(xb)
+    trees = fit_trees(ae_a, xa, ae_b, xb, {"tree": tp, "match": match_params or {}}, seed)
+    done("coordinates and trees")
+    p0 = search_widths(ua.shape[1], s.search_components)[0]
+    starts = starting_maps(
+        ua[:, :p0], ub[:, :p0], s, trees=trees, pairs=known, seed=seed, progress=progress
+    )
+    done("starting maps")
+    kept, rot, scores = refine_and_select(ua, ub, starts, s, seed=seed, progress=progress)
+    done("refine and select")
+    anchors = None if known is None else (ua[known[0]], ub[known[1]])
+    matrix, bias, final, balanced = balance(ua, ub, rot, trees, s, anchors=anchors, seed=seed)
+    done("balancing and explanation")
+    bar.close()
+    info.update(
+        n_components=int(coords[0].n_components),
+        explained_variance=[float(c.explained_variance_ratio_.sum()) for c in coords],
+        n_modes_a=len(trees[0].leaves_),
+        n_modes_b=len(trees[1].leaves_),
+        structural_leaf_pairs=trees[2].leaf_pairs.tolist(),
+        n_anchor_pairs=0 if known is None else len(known[0]),
+        initialisation=kept,
+        scores=scores,
+        crossing_mass=float(final.crossing_mass),
+        balanced=balanced,
+        settings=asdict(s),
+        seed=seed,
+    )
+    return Translation(
+        coords[0],
+        coords[1],
+        matrix,
+        bias,
+        autoencoder_a=ae_a,
+        autoencoder_b=ae_b,
+        matching=final,
+        tree_a=trees[0],
+        tree_b=trees[1],
+        info=info,
+    )

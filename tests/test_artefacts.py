@@ -14,6 +14,7 @@ import torch
 from flowmatch._io import ArtefactError, load_state, save_state
 from flowmatch.activations import ActivationSet
 from flowmatch.autoencoder import FlowAutoencoder
+from flowmatch.coordinates import MapCoordinates
 from flowmatch.outputs import FORMAT_VERSION
 from flowmatch.translation import Translation
 
@@ -243,7 +244,8 @@ def test_activation_set_entries_are_checked(tmp_path):
 
 def test_translation_entries_are_checked(tmp_path, x):
     a = FlowAutoencoder(**AE).fit(x)
-    t = Translation(a, a, torch.eye(2), torch.zeros(2), space="pca")
+    c = MapCoordinates(2).fit(x)
+    t = Translation(c, c, torch.eye(2), torch.zeros(2), autoencoder_a=a, autoencoder_b=a)
     t.save(tmp_path / "t")
     path = tmp_path / "t" / "translation.safetensors"
     art = load_state(path, "Translation")

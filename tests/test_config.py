@@ -28,11 +28,13 @@ def test_unknown_keys_are_named():
         config_from_dict({"name": "x", "pair": "nope"})
 
 
-def test_bad_translate_space_is_named():
-    with pytest.raises(ConfigError, match="translate.space"):
-        config_from_dict({"name": "x", "translate": {"space": "whitened"}})
-    cfg = config_from_dict({"name": "x", "translate": {"space": "latent"}})
-    assert cfg.translate.space == "latent"
+def test_bad_translate_starts_are_named():
+    with pytest.raises(ConfigError, match="translate.starts"):
+        config_from_dict({"name": "x", "translate": {"starts": ["clusters", "whitened"]}})
+    with pytest.raises(ConfigError, match="translate.starts"):
+        config_from_dict({"name": "x", "translate": {"starts": "clusters"}})
+    cfg = config_from_dict({"name": "x", "translate": {"starts": ["gw", "clusters"]}})
+    assert cfg.translate.starts == ("gw", "clusters")
 
 
 # ----------------------------------------------------------------------------- checked values
@@ -124,5 +126,5 @@ def test_settings_built_in_code_are_checked_too():
         replace(cfg, name="..")
     from flowmatch.config import TranslateSettings
 
-    with pytest.raises(ConfigError, match="n_refine must be >= 0"):
+    with pytest.raises(ValueError, match="n_refine must be >= 0"):
         TranslateSettings(n_refine=-1)

@@ -23,7 +23,10 @@ class _Identity(Method):
 
 def test_bundled_methods_are_registered_with_their_figures():
     names = methods.list_methods()
-    assert {"affine", "flowmatch", "lib", "polytope", "rotation_sparsity"} <= set(names)
+    assert {
+        "affine", "flowmatch", "lib", "mini_vec2vec", "polytope", "rotation_sparsity",
+        "wasserstein_procrustes",
+    } <= set(names)  # fmt: skip
     context = FigureContext(
         torch.nn.Identity(), torch.nn.Identity(), "a", "b",
         torch.zeros(2, 2), torch.zeros(2, 2), torch.zeros(2),

@@ -20,6 +20,7 @@ import torch
 
 from flowmatch import outputs
 from flowmatch.autoencoder import FlowAutoencoder
+from flowmatch.coordinates import MapCoordinates
 from flowmatch.outputs import OutputPathError, check_file_output, check_folder_output, check_name
 from flowmatch.translation import Translation
 
@@ -32,7 +33,8 @@ def translation() -> Translation:
     x = rng.standard_normal((80, 4))
     a = FlowAutoencoder(**AE).fit(x)
     b = FlowAutoencoder(**AE).fit(x + 1.0)
-    return Translation(a, b, torch.eye(2), torch.zeros(2), space="pca")
+    coords = MapCoordinates(2).fit(x), MapCoordinates(2).fit(x + 1.0)
+    return Translation(*coords, torch.eye(2), torch.zeros(2), autoencoder_a=a, autoencoder_b=b)
 
 
 def _user_file(path: Path, text: str = "the user's data") -> bytes:

@@ -1,8 +1,70 @@
 import numpy as np
 import pytest
 import torch
+from _synthetic import manifold_rotation_pair
 
+from flowmatch.settings import TranslateSettings
 from flowmatch.translation import Translation, translate
+
+AE = {"latent_dim": 4, "n_components": 4, "hidden": 16, "max_steps": 30, "progress": False}
+FAST = {"n_anchor_runs": 10, "n_probe": 10, "n_refine": 40}
+
+
+@pytest.fixture(scope="module")
+def rotation():
+    """The issue's control: a hidden rotation of a 256-d anisotropic, non-clustered
+    distribution, A and B drawn independently (no pairs)."""
+    a, b, test_a, test_b, q = manifold_rotation_pair(n=2000)
+    t = translate(a, b, autoencoder_params=AE, seed=0, progress=False, **FAST)
+    return a, b, test_a, test_b, t
+
+
+def test_a_hidden_rotation_is_recovered_without_pairs(rotation):
+    a, b, test_a, test_b, t = rotation
+    score = t.score(test_a, test_b)
+    assert score.top1 >= 0.95 and score.r2 >= 0.95 and score.cosine >= 0.97
+    out = t(test_a.astype(np.float32))
+    assert isinstance(out, np.ndarray) and out.shape == test_b.shape
+    assert isinstance(t(torch.as_tensor(test_a)), torch.Tensor)
+
+
+def test_every_start_is_scored_and_the_best_is_kept(rotation):
+    *_, t = rotation
+    scores = t.info_["scores"]
+    assert set(scores) == {"clusters", "modes", "moments", "gw0", "gw1", "final"}
+    starts = {k: v["csls"] for k, v in scores.items() if k != "final"}
+    assert t.info_["initialisation"] == max(starts, key=starts.get)
+    assert t.info_["settings"]["n_refine"] == 40
+    assert set(t.info_["seconds"]) == {
+        "autoencoders",
+        "coordinates and trees",
+        "starting maps",
+        "refine and select",
+        "balancing and explanation",
+    }
+
+
+def test_inverse_goes_back(rotation):
+    _, _, test_a, test_b, t = rotation
+    assert t.inverse().score(test_b, test_a).top1 >= 0.95
+
+
+def test_same_seed_same_result_and_row_order_does_not_matter(rotation):
+    a, b, _, _, t = rotation
+    perm = np.random.default_rng(5).permutation(len(a))
+    t2 = translate(a[perm], b, autoencoder_params=AE, seed=0, progress=False, **FAST)
+    torch.testing.assert_close(t2.matrix_, t.matrix_)
+    torch.testing.assert_close(t2.bias_, t.bias_)
+
+
+def test_save_load_round_trip(rotation, tmp_path):
+    _, _, test_a, _, t = rotation
+    t.save(tmp_path / "tr")
+    back = Translation.load(tmp_path / "tr")
+    np.testing.assert_allclose(back(test_a), t(test_a), atol=1e-5)
+    np.testing.assert_array_equal(back.matching_.leaf_pairs, t.matching_.leaf_pairs)
+    assert back.autoencoder_a_ is not None and back.info_["n_components"] == t.info_["n_components"]
+
 
 CENTRES = np.array(
     [
@@ -14,93 +76,55 @@ CENTRES = np.array(
         [0.0, 0.0, 0.0, 9.0, 5.0],
     ]
 )
-AE = {"latent_dim": 5, "n_components": 6, "max_epochs": 15, "progress": False}
 
 
-def _draw(rng, n):
-    return CENTRES[rng.integers(0, len(CENTRES), n)] + 0.5 * rng.standard_normal((n, 5))
-
-
-@pytest.fixture(scope="module")
-def synthetic():
+def test_clean_modes_are_carried_one_to_one_and_balanced():
     rng = np.random.default_rng(0)
     q, _ = np.linalg.qr(rng.standard_normal((5, 5)))
-    shift = rng.standard_normal(5) * 3
-    to_b = lambda x: x @ q.T + shift  # noqa: E731
-    a, b = _draw(rng, 1200), to_b(_draw(rng, 1200))  # different samples: no pairs
-    test = _draw(rng, 300)
-    t = translate(a, b, autoencoder_params=AE, seed=0, progress=False)
-    return a, b, test, to_b(test), t
 
+    def draw(n):
+        return CENTRES[rng.integers(0, len(CENTRES), n)] + 0.5 * rng.standard_normal((n, 5))
 
-def test_rotation_and_shift_are_recovered_without_pairs(synthetic):
-    a, b, test_a, test_b, t = synthetic
-    score = t.score(test_a, test_b)
-    assert score.r2 >= 0.99
-    assert score.top1 > 0.5
-    assert len(t.matching_.leaf_pairs) == len(CENTRES)
-    out = t(test_a.astype(np.float32))
-    assert isinstance(out, np.ndarray) and out.shape == (300, 5)
-    assert isinstance(t(torch.as_tensor(test_a)), torch.Tensor)
-
-
-def test_reported_mode_pairs_are_the_ones_the_map_carries(synthetic):
-    *_, t = synthetic
+    a, b, test = draw(1200), draw(1200) @ q.T + 3.0, draw(300)
+    ae = {"latent_dim": 5, "n_components": 6, "max_epochs": 15, "progress": False}
+    t = translate(a, b, autoencoder_params=ae, seed=0, progress=False, **FAST)
+    assert t.score(test, test @ q.T + 3.0).r2 >= 0.99
     m = t.matching_
-    assert m.method == "transport" and np.all(m.confidence >= 0.75)
+    assert m.method == "transport" and len(m.leaf_pairs) == len(CENTRES)
+    assert t.info_["balanced"] and t.info_["crossing_mass"] <= 0.2
     cent = lambda tree: np.stack([tree.tree_.nodes[v]["centroid_x"] for v in tree.leaves_])  # noqa: E731
     mapped = t(cent(t.tree_a_).astype(np.float32))
     nearest = np.linalg.norm(mapped[:, None] - cent(t.tree_b_)[None], axis=-1).argmin(1)
     np.testing.assert_array_equal(nearest[m.leaf_pairs[:, 0]], m.leaf_pairs[:, 1])
 
 
-def test_the_lowest_cost_candidate_is_kept(synthetic):
-    *_, t = synthetic
-    costs = t.info_["transport_costs"]
-    assert set(costs) == {"tree", *(f"gw{i}" for i in range(6))}
-    assert t.info_["initialisation"] == min(costs, key=costs.get)
+def test_a_narrower_b_and_known_pairs():
+    rng = np.random.default_rng(0)
+    base = rng.standard_normal((600, 6)) @ rng.standard_normal((6, 20))
+    a, b = base[:300] + 0.01 * rng.standard_normal((300, 20)), base[300:, :16]
+    ae = {"max_steps": 5, "hidden": 8, "n_components": 2, "progress": False}
+    t = translate(
+        a, b, pairs=([0, 1, 2], [5, 6, 7]), autoencoder_params=ae, seed=0, progress=False, **FAST
+    )
+    assert t(a[:3]).shape == (3, 16) and t.autoencoder_b_.latent_dim_ <= 16
+    assert t.info_["n_anchor_pairs"] == 3
 
 
-def test_tree_matching_alone_recovers_the_map(synthetic):
-    a, b, test_a, test_b, _ = synthetic
-    t = translate(a, b, autoencoder_params=AE, n_gw_starts=0, seed=0, progress=False)
-    assert t.info_["initialisation"] == "tree" and set(t.info_["transport_costs"]) == {"tree"}
-    assert t.score(test_a, test_b).r2 >= 0.99
-
-
-def test_the_map_can_act_on_the_flow_latents(synthetic):
-    a, b, test_a, test_b, t = synthetic
-    assert t.space_ == "pca" and t.info_["space"] == "pca"
-    t_lat = translate(a, b, autoencoder_params=AE, space="latent", seed=0, progress=False)
-    assert t_lat.space_ == "latent"
-    assert t_lat.score(test_a, test_b).r2 >= 0.95
-    with pytest.raises(ValueError, match="space"):
-        translate(a, b, autoencoder_params=AE, space="whitened", progress=False)
-
-
-def test_inverse_goes_back(synthetic):
-    _, _, test_a, test_b, t = synthetic
-    assert t.inverse().score(test_b, test_a).r2 >= 0.98
-
-
-def test_same_seed_same_result_and_row_order_does_not_matter(synthetic):
-    a, b, _, _, t = synthetic
-    perm = np.random.default_rng(5).permutation(len(a))
-    t2 = translate(a[perm], b, autoencoder_params=AE, seed=0, progress=False)
-    torch.testing.assert_close(t2.matrix_, t.matrix_)
-    torch.testing.assert_close(t2.bias_, t.bias_)
-
-
-def test_save_load_round_trip(synthetic, tmp_path):
-    _, _, test_a, _, t = synthetic
-    t.save(tmp_path / "tr")
-    back = Translation.load(tmp_path / "tr")
-    np.testing.assert_allclose(back(test_a), t(test_a), atol=1e-5)
-    np.testing.assert_array_equal(back.matching_.leaf_pairs, t.matching_.leaf_pairs)
-
-
-def test_errors(synthetic):
-    a, b, test_a, test_b, t = synthetic
+def test_bad_settings_and_inputs_are_named(rotation):
+    a, b, test_a, test_b, t = rotation
+    for bad, match in [
+        ({"n_refine": -1}, "n_refine must be"),
+        ({"n_gw_starts": -3}, "n_gw_starts must be"),
+        ({"max_exact": 0}, "max_exact must be"),
+        ({"smoothing": 1.0}, "smoothing must be"),
+        ({"starts": ["clusters", "spline"]}, "start families"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            translate(a, b, progress=False, **bad)
+    with pytest.raises(TypeError, match="unknown translate setting 'n_refinement'"):
+        translate(a, b, progress=False, n_refinement=3)
+    with pytest.raises(TypeError, match="starts must be a non-empty list"):
+        TranslateSettings(starts="clusters")
     with pytest.raises(ValueError, match="features"):
         t(np.zeros((3, 4)))
     with pytest.raises(ValueError, match="rows must pair"):
@@ -117,21 +141,20 @@ def test_errors(synthetic):
 def test_digits_zero_pair_regression_floor(digits_pair):
     """Zero-pair translation on digits-mlp under the protocol (disjoint shuffled halves).
 
-    Measured at about 0.98 of the supervised affine stitched accuracy; the floor sits below so
+    ``flowmatch bench translate`` measures the relative stitching; the floor sits below it so
     that machine-level numeric differences do not trip it, but a broken stage does.
     """
+    from flowmatch.alignment import apply_map, fit_affine
     from flowmatch.compare import protocol_data
+    from flowmatch.metrics import stitched_accuracy
 
     data, reference = protocol_data(digits_pair, n_pairs=0, seed=0)
-    t = translate(data.a, data.b, seed=0, progress=False)
+    t = translate(data.a, data.b, seed=0, progress=False, autoencoder_params={"max_steps": 300})
     test_a = digits_pair.activations("a", "test").x
     test_b = digits_pair.activations("b", "test").x
     y = digits_pair.data.y_test
     score = t.score(test_a, test_b, head_b=digits_pair.head_b, y=y)
-    from flowmatch.alignment import apply_map, fit_affine
-    from flowmatch.metrics import stitched_accuracy
-
     m, c = fit_affine(reference.pairs_a, reference.pairs_b)
     supervised = stitched_accuracy(apply_map(test_a, m, c), digits_pair.head_b, y)
-    assert score.stitched_accuracy / supervised >= 0.85
-    assert score.r2 >= 0.8
+    assert score.stitched_accuracy / supervised >= 0.95
+    assert score.r2 >= 0.9

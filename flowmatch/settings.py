@@ -1,0 +1,140 @@
+"""Settings of :func:`flowmatch.translate`: one frozen dataclass, the single source of its
+defaults (the YAML config's ``translate`` section and the ``translate(..., **options)`` keywords
+are both checked against it).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from flowmatch._validation import check_bool, check_int, check_real
+
+__all__ = ["START_FAMILIES", "TranslateSettings", "check_setting"]
+
+START_FAMILIES = ("clusters", "modes", "moments", "gw")
+"""Starting-map families: k-means anchors matched by quadratic assignment (``clusters``), the
+density trees' matched modes as anchors (``modes``), principal axes paired in order with the
+signs of their skews (``moments``), Gromov–Wasserstein couplings (``gw``)."""
+
+
+def _check_starts(name: str, value: Any) -> None:
+    if isinstance(value, str) or not isinstance(value, tuple | list) or not value:
+        raise TypeError(f"{name} must be a non-empty list of start families, got {value!r}")
+    unknown = [v for v in value if v not in START_FAMILIES]
+    if unknown or len(set(value)) != len(value):
+        raise ValueError(
+            f"{name} must name distinct start families among {', '.join(START_FAMILIES)}; "
+            f"got {list(value)!r}"
+        )
+
+
+_RULES: dict[str, Callable[[str, Any], None]] = {
+    "n_components": lambda n, v: check_int(n, v, 1, none=True),
+    "search_components": lambda n, v: check_int(n, v, 1),
+    "starts": _check_starts,
+    "n_clusters": lambda n, v: check_int(n, v, 2),
+    "n_anchor_runs": lambda n, v: check_int(n, v, 1),
+    "n_qap_restarts": lambda n, v: check_int(n, v, 1),
+    "anchor_rows": lambda n, v: check_int(n, v, 10),
+    "neighbours": lambda n, v: check_int(n, v, 1),
+    "n_gw_starts": lambda n, v: check_int(n, v, 0),
+    "n_probe": lambda n, v: check_int(n, v, 0),
+    "n_refine": lambda n, v: check_int(n, v, 0),
+    "refine_batch": lambda n, v: check_int(n, v, 2),
+    "smoothing": lambda n, v: check_real(n, v, 0.0, 1.0, high_open=True),
+    "orthogonal": check_bool,
+    "max_targets": lambda n, v: check_int(n, v, 2),
+    "n_refine_clusters": lambda n, v: check_int(n, v, 0),
+    "balance_steps": lambda n, v: check_int(n, v, 0),
+    "max_crossing": lambda n, v: check_real(n, v, 0.0, 1.0),
+    "max_exact": lambda n, v: check_int(n, v, 2),
+    "group_penalty": lambda n, v: check_real(n, v, 0.0),
+    "anchor_weight": lambda n, v: check_real(n, v, 0.0),
+}
+
+
+def check_setting(name: str, value: Any) -> None:
+    """Raise ``TypeError``/``ValueError`` naming ``name`` unless ``value`` is valid for it
+    (``KeyError`` for an unknown name)."""
+    if name not in _RULES:
+        raise KeyError(f"unknown translate setting {name!r}; valid: {', '.join(_RULES)}")
+    _RULES[name](name, value)
+
+
+@dataclass(frozen=True)
+class TranslateSettings:
+    """What :func:`flowmatch.translate` does at each stage (README, "How translate finds the map").
+
+    Coordinates
+        n_components : map coordinates per side; ``None``: three times the larger participation
+            ratio, at least 16, at most 99% of the variance
+            (:func:`flowmatch.coordinates.choose_n_components`).
+        search_components : ``p0``, the leading coordinates on which the starts are built and
+            selected; the kept map is then refined on twice as many, and so on up to all
+            (:func:`flowmatch.translation.search_widths`). The strong directions are the best
+            determined: searching there first finds maps a search on all of them misses when
+            rows are few (README, "How translate finds the map").
+    Starting maps
+        starts : which families give candidate maps (:data:`START_FAMILIES`).
+        n_clusters, n_anchor_runs, n_qap_restarts, anchor_rows : k-means anchors — clusters per
+            run, runs pooled, 2-opt restarts of each quadratic assignment, rows clustered per run.
+        neighbours : B rows averaged into each pseudo-partner (anchors and refinement).
+        n_gw_starts : Gromov–Wasserstein starts (with ``"gw"`` in ``starts``).
+    Refine and select
+        n_probe : nearest-neighbour refinement rounds every candidate gets before the
+            selection criterion (:func:`flowmatch.refinement.alignment_score`) picks one.
+        n_refine : rounds the kept map gets at each width of the coarse-to-fine schedule
+            (``n_probe`` of the first width's already done).
+        refine_batch, smoothing, max_targets : A rows per round, weight of the previous map in
+            each step, B rows searched per round.
+        orthogonal : keep the map orthogonal; by default it is the running average of the
+            rounds' rotations, which shrinks the directions they disagree on
+            (:func:`flowmatch.refinement.refine_nearest`).
+        n_refine_clusters : clusters of the closing cluster correction (0: none).
+    Balancing (optional)
+        balance_steps, max_crossing, max_exact, group_penalty : when at most ``max_crossing`` of
+            the transported mass leaves the mode pairs the map carries, ``balance_steps``
+            optimal-transport similarity steps (exact on ``max_exact`` rows per side) give
+            paired modes equal mass (``group_penalty`` > 0 also penalises crossing them).
+    Known pairs
+        anchor_weight : weight of each known pair in the balancing steps, in transported rows.
+    """
+
+    n_components: int | None = None
+    search_components: int = 32
+    starts: tuple[str, ...] = START_FAMILIES
+    n_clusters: int = 20
+    n_anchor_runs: int = 30
+    n_qap_restarts: int = 30
+    anchor_rows: int = 10_000
+    neighbours: int = 50
+    n_gw_starts: int = 2
+    n_probe: int = 20
+    n_refine: int = 100
+    refine_batch: int = 1000
+    smoothing: float = 0.5
+    orthogonal: bool = False
+    max_targets: int = 20_000
+    n_refine_clusters: int = 500
+    balance_steps: int = 10
+    max_crossing: float = 0.2
+    max_exact: int = 1500
+    group_penalty: float = 0.0
+    anchor_weight: float = 10.0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.starts, list):
+            object.__setattr__(self, "starts", tuple(self.starts))
+        for f in dataclasses.fields(self):
+            check_setting(f.name, getattr(self, f.name))
+
+    def replace(self, **changes: Any) -> TranslateSettings:
+        """A copy with ``changes``; unknown names raise ``TypeError`` listing the valid ones."""
+        unknown = sorted(set(changes) - {f.name for f in dataclasses.fields(self)})
+        if unknown:
+            valid = ", ".join(f.name for f in dataclasses.fields(self))
+            raise TypeError(f"unknown translate setting {unknown[0]!r}; valid: {valid}")
+        return dataclasses.replace(self, **changes)

@@ -1,0 +1,59 @@
+import numpy as np
+import pytest
+import torch
+from _synthetic import manifold_rotation_pair
+
+from flowmatch.alignment import polar
+from flowmatch.coordinates import MapCoordinates
+from flowmatch.refinement import alignment_score, refine_clusters, refine_nearest
+
+
+@pytest.fixture(scope="module")
+def coords():
+    """The 256-d manifold pair in 24 map coordinates and the true map between them."""
+    a, b, _, _, q = manifold_rotation_pair(n=1500)
+    ca, cb = MapCoordinates(24).fit(a), MapCoordinates(24).fit(b)
+    true = polar(cb.components_.T @ torch.as_tensor(q) @ ca.components_)
+    return ca.transform(a), cb.transform(b), true
+
+
+def _error_on_data(rot, true, ua):
+    """RMS of (rot − true) applied to A's rows, relative to their RMS norm."""
+    return float(((ua @ (rot - true).T) ** 2).sum(1).mean().sqrt() / (ua**2).sum(1).mean().sqrt())
+
+
+def _perturbed(true, t, seed):
+    noise = torch.as_tensor(np.random.default_rng(seed).standard_normal(true.shape))
+    return polar((1 - t) * true + t * polar(noise))
+
+
+def test_refine_nearest_pulls_a_perturbed_map_back(coords):
+    ua, ub, true = coords
+    start = _perturbed(true, 0.5, 1)
+    rot = refine_nearest(ua, ub, start, n_rounds=40, batch=500, k=10)
+    assert _error_on_data(rot, true, ua) < 0.2 * _error_on_data(start, true, ua)
+    ortho = refine_nearest(ua, ub, start, n_rounds=40, batch=500, k=10, orthogonal=True)
+    assert _error_on_data(ortho, true, ua) < 0.2 * _error_on_data(start, true, ua)
+    torch.testing.assert_close(ortho @ ortho.T, torch.eye(24, dtype=torch.float64))
+    singular = torch.linalg.svdvals(rot)  # the average of rotations shrinks, never stretches
+    assert float(singular.max()) <= 1.0 + 1e-9 and float(singular.min()) > 0.5
+    with pytest.raises(ValueError, match="smoothing"):
+        refine_nearest(ua, ub, start, smoothing=1.0)
+
+
+def test_the_selection_criterion_ranks_the_true_map_first(coords):
+    ua, ub, true = coords
+    candidates = {"true": true}
+    candidates.update({f"t{t}": _perturbed(true, t, 2) for t in (0.1, 0.3, 0.6)})
+    candidates.update({f"random{i}": _perturbed(true, 1.0, 10 + i) for i in range(3)})
+    scores = {name: alignment_score(ua, ub, rot).csls for name, rot in candidates.items()}
+    assert max(scores, key=scores.get) == "true"
+    assert scores["t0.1"] > scores["t0.6"] > max(scores[f"random{i}"] for i in range(3))
+
+
+def test_cluster_correction_keeps_a_good_map(coords):
+    ua, ub, true = coords
+    rot = refine_clusters(ua, ub, true, n_clusters=40)
+    assert _error_on_data(rot, true, ua) < 0.25  # a random rotation: about 1.4
+    tiny = refine_clusters(ua[:15], ub[:15], true)  # too few rows for two clusters: unchanged
+    torch.testing.assert_close(tiny, true)
