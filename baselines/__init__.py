@@ -1,4 +1,4 @@
-"""Comparison methods for flowmatch, all behind :class:`baselines.base.Method`.
+"""Comparison methods for flowmatch, all behind :class:`flowmatch.methods.Method`.
 
 Importing this package imports every public module in it, which registers its methods;
 ``get_method(name)`` then builds one by name.
@@ -7,7 +7,7 @@ Importing this package imports every public module in it, which registers its me
 import importlib
 import pkgutil
 
-from baselines.base import REGISTRY, FitData, Method, get_method, list_methods, register
+from flowmatch.methods import REGISTRY, FitData, Method, get_method, list_methods, register
 
 __all__ = ["REGISTRY", "FitData", "Method", "get_method", "list_methods", "register"]
 

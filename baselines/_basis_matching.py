@@ -31,7 +31,9 @@ from scipy.optimize import linear_sum_assignment
 from torch import Tensor, nn
 
 from baselines._jacobians import batched_jacobian
-from baselines.base import FitData, Method
+from flowmatch.activations import head_after
+from flowmatch.alignment import refine_map
+from flowmatch.methods import FitData, Method
 
 __all__ = [
     "AffineBasis",
@@ -193,8 +195,6 @@ class BasisMatchingMethod(Method):
         """Basis of ``model``'s layer ``layer``, from ``inputs`` and their activations ``acts``."""
 
     def _fit(self, data: FitData) -> None:
-        from flowmatch.zoo import head_after
-
         sides: list[tuple[Any, Any, Any, Tensor]] = [
             (data.model_a, data.layer_a, data.inputs_a, data.a),
             (data.model_b, data.layer_b, data.inputs_b, data.b),
@@ -221,8 +221,6 @@ class BasisMatchingMethod(Method):
         bias = (sb.mean + (ba.offset - sa.mean) @ scale) @ bb.decoder + bb.dec_offset
         self.refined_ = False
         if self.refine:
-            from flowmatch.alignment import refine_map
-
             matrix, bias = refine_map(
                 data.a.double(), data.b.double(), matrix, bias, seed=data.seed
             )

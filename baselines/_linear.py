@@ -1,6 +1,6 @@
 """Shared pieces of the baselines whose result is one affine map ``y = x @ matrix.T + bias``.
 
-* :class:`LinearMapMethod` — a :class:`~baselines.base.Method` whose ``transform`` applies the
+* :class:`LinearMapMethod` — a :class:`~flowmatch.methods.Method` whose ``transform`` applies the
   fitted ``matrix_`` (d_b, d_a) and ``bias_`` (d_b,).
 * :class:`ScaledPCA` — centre, project on the top principal axes, divide by one global scale.
   It is a similarity transform (orthogonal projection × one scale), so distances keep their
@@ -19,8 +19,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from baselines.base import Method
-from flowmatch._validation import as_matrix, check_fitted
+from flowmatch.methods import Method
+from flowmatch.validation import as_matrix, check_fitted
 
 __all__ = ["LinearMapMethod", "ScaledPCA", "compose_map"]
 

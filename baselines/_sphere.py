@@ -31,7 +31,7 @@ import torch
 from scipy import sparse
 
 from baselines._linear import ScaledPCA
-from flowmatch._validation import as_matrix
+from flowmatch.validation import as_matrix
 
 __all__ = [
     "SphereCoordinates",
@@ -219,7 +219,7 @@ def _rows(x: Any, dim: int) -> np.ndarray:
 
 def check_params(func: Any, params: dict[str, Any]) -> None:
     """Raise ``TypeError`` naming any key of ``params`` that ``func`` does not take by keyword
-    (the data and the seed come from :class:`~baselines.base.FitData`)."""
+    (the data and the seed come from :class:`~flowmatch.methods.FitData`)."""
     accepted = set(inspect.signature(func).parameters) - {"x_a", "x_b", "seed"}
     unknown = sorted(set(params) - accepted)
     if unknown:

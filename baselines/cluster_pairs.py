@@ -40,9 +40,9 @@ from sklearn.cluster import KMeans
 from torch import Tensor
 
 from baselines._linear import LinearMapMethod, ScaledPCA, compose_map
-from baselines.base import FitData, register
-from flowmatch._validation import as_matrix
 from flowmatch.alignment import fit_similarity, refine_map
+from flowmatch.methods import FitData, register
+from flowmatch.validation import as_matrix
 
 __all__ = ["ClusterPairs", "match_clusters", "translate_from_clusters"]
 

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from baselines.base import FitData, Method, register
+from flowmatch.methods import FitData, Method, register
 
 __all__ = ["FlowMatch", "FlowMatchPairs"]
 

@@ -41,9 +41,9 @@ from typing import ClassVar
 from torch import Tensor
 
 from baselines._linear import LinearMapMethod, ScaledPCA, compose_map
-from baselines.base import FitData, register
 from flowmatch.alignment import refine_map, transport_cost
 from flowmatch.gromov import gw_coupling, gw_initial_map
+from flowmatch.methods import FitData, register
 
 __all__ = ["EntropicGromovWasserstein", "GromovWasserstein", "gw_coupling"]
 

@@ -52,6 +52,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, cast
 
 import networkx as nx
@@ -62,8 +63,9 @@ from tqdm.auto import tqdm
 
 from baselines._basis_matching import AffineBasis, BasisMatchingMethod
 from baselines._jacobians import Network, batched_jacobian, folded_stage, split_network
-from baselines.base import register
-from flowmatch._validation import as_matrix, check_fitted
+from flowmatch.activations import head_after
+from flowmatch.methods import FigureContext, MethodFigure, register
+from flowmatch.validation import as_matrix, check_fitted
 
 __all__ = [
     "AblationCurve",
@@ -71,6 +73,7 @@ __all__ = [
     "LIBMethod",
     "LocalInteractionBasis",
     "ablation_curve",
+    "ablation_figure",
     "edge_concentration",
     "interaction_edges",
     "interaction_graph",
@@ -389,6 +392,33 @@ def ablation_curve(
     return AblationCurve(basis.name, basis_name, list(ks), accs, losses)
 
 
+# ----------------------------------------------------------------------------- figure
+def ablation_figure(model: Any, inputs: Any, x_test: Any, y_test: Any, node: str) -> Any:
+    """Test accuracy when only the top-k directions of ``node`` survive (others mean-ablated),
+    in the Local Interaction Basis and in the PCA basis (a pyplot-free matplotlib Figure)."""
+    from matplotlib.figure import Figure
+
+    lib = LocalInteractionBasis().fit(model, inputs)
+    pca = pca_bases(model, inputs)
+    names = [b.name for b in lib.bases_]
+    if node not in names:
+        raise KeyError(f"node {node!r} is not a LIB node; nodes: {names}")
+    i = names.index(node)
+    fig = Figure(figsize=(6.2, 3.8), layout="constrained")
+    ax = fig.add_subplot()
+    for basis_name, bases in (("LIB", lib.bases_), ("PCA", pca)):
+        k_max = bases[i].k
+        ks = sorted({k for k in (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64) if k <= k_max} | {k_max})
+        curve = ablation_curve(model, x_test, y_test, bases[i], ks, basis_name=basis_name)
+        ax.plot(curve.ks, curve.accuracy, marker="o", ms=3, label=f"{basis_name} ({k_max} dirs)")
+    ax.set_xscale("log")
+    ax.set_xlabel(f"directions of {node!r} kept (others mean-ablated)")
+    ax.set_ylabel("test accuracy")
+    ax.set_title("LIB vs PCA: node ablation (model A)", fontsize=10)
+    ax.legend(fontsize=8)
+    return fig
+
+
 # ----------------------------------------------------------------------------- adapter
 def _head_lib(head: nn.Module, acts: Tensor, truncation: float) -> LayerBasis:
     return LocalInteractionBasis(truncation=truncation).fit(head, acts).bases_[0]
@@ -411,8 +441,16 @@ class LIBMethod(BasisMatchingMethod):
         self.truncation = truncation
 
     def _basis(self, model: nn.Module, layer: str, inputs: Tensor, acts: Tensor) -> AffineBasis:
-        from flowmatch.zoo import head_after
-
         basis = _head_lib(head_after(cast(nn.Sequential, model), layer), acts, self.truncation)
         d = len(basis.mean)
         return AffineBasis.from_encoder(basis.C[:d], basis.C[d], basis.mean)
+
+    def figures(self, context: FigureContext) -> list[MethodFigure]:
+        """Node ablation of model A's compared layer, LIB against PCA order."""
+        caption = (
+            f"Local Interaction Basis vs PCA: test accuracy keeping the top-k directions of "
+            f"{context.layer_a!r} (model A)"
+        )
+        c = context
+        draw = partial(ablation_figure, c.model_a, c.x_train, c.x_test, c.y_test, c.layer_a)
+        return [MethodFigure(caption, draw)]

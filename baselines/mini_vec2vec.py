@@ -82,9 +82,9 @@ from baselines._sphere import (
     orthogonal_procrustes,
     sphere_pair,
 )
-from baselines.base import FitData, Method, register
-from flowmatch._validation import check_fitted
+from flowmatch.methods import FitData, Method, register
 from flowmatch.qap import two_opt_batch
+from flowmatch.validation import check_fitted
 
 __all__ = [
     "MiniVec2Vec",
@@ -403,7 +403,7 @@ class MiniVec2Vec(Method):
     Parameters
     ----------
     **params : keyword arguments of :func:`fit_mini_vec2vec` (all but ``x_a``, ``x_b``,
-        ``seed``, which comes from :class:`~baselines.base.FitData`).
+        ``seed``, which comes from :class:`~flowmatch.methods.FitData`).
 
     Attributes
     ----------

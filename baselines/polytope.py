@@ -46,8 +46,8 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from flowmatch._validation import as_matrix, resolve_device
 from flowmatch.activations import find_module
+from flowmatch.validation import as_matrix, resolve_device
 
 __all__ = [
     "CHANGE_COUNTS",

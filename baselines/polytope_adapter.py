@@ -12,26 +12,28 @@ polytope lens. arXiv:2211.12312.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from baselines.base import FitData, Method, register
 from baselines.polytope import (
     CODE_CLUSTERERS,
     RELU_TYPES,
+    class_path_density,
     cluster_codes,
     hamming_distances,
     relu_layers,
     spline_codes,
 )
-from flowmatch._validation import as_matrix, check_fitted
 from flowmatch.activations import find_module
+from flowmatch.methods import FigureContext, FitData, Method, MethodFigure, register
+from flowmatch.validation import as_matrix, check_fitted
 
-__all__ = ["CODE_REGIONS", "PolytopeCodes"]
+__all__ = ["CODE_REGIONS", "PolytopeCodes", "profiles_figure"]
 
 
 def _nearest_labels(
@@ -67,6 +69,47 @@ CODE_REGIONS: dict[str, Callable[[nn.Module, str], list[str]]] = {
 }
 
 
+# ----------------------------------------------------------------------------- figure
+def profiles_figure(
+    models: Sequence[tuple[str, Any]],
+    x: Any,
+    y: Any,
+    *,
+    n_pairs: int = 100,
+    n_steps: int = 64,
+    seed: int = 0,
+) -> Any:
+    """Polytope density (spline-code changes per unit distance) along straight paths between
+    test inputs of the same class and of different classes (a pyplot-free matplotlib
+    Figure)."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(5.2 * len(models), 3.8), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(1, len(models)))
+    for ax, (name, model) in zip(axes, models):
+        res = class_path_density(
+            model, x, y, n_pairs=n_pairs, n_steps=n_steps, n_boot=200, seed=seed
+        )
+        for kind, pd, colour, ci in (
+            ("intra-class", res.intra, "C0", res.intra_ci),
+            ("inter-class", res.inter, "C3", res.inter_ci),
+        ):
+            dens = pd.local_density.numpy()
+            binned = np.stack([c.mean(1) for c in np.array_split(dens, 16, axis=1)], axis=1)
+            mean = binned.mean(0)
+            half = 1.96 * binned.std(0, ddof=1) / np.sqrt(len(binned))
+            t = (np.arange(16) + 0.5) / 16
+            ax.plot(t, mean, color=colour, label=f"{kind}: mean {ci.mean:.3g}")
+            ax.fill_between(t, mean - half, mean + half, color=colour, alpha=0.25)
+        ax.set_title(f"model {name}: inter/intra ratio {res.ratio_ci.mean:.2f}", fontsize=10)
+        ax.set_xlabel("position t along the path between two inputs")
+        ax.set_ylabel("code changes per unit distance")
+        ax.set_ylim(bottom=0)
+        ax.legend(fontsize=8)
+    return fig
+
+
+# ----------------------------------------------------------------------------- adapter
 @register("polytope")
 class PolytopeCodes(Method):
     """Translation from matched clusters of spline codes (no paired data).
@@ -181,3 +224,13 @@ class PolytopeCodes(Method):
     def _transform(self, x_a: Tensor) -> Tensor:
         check_fitted(self, "matrix_")
         return x_a.double() @ self.matrix_.T + self.bias_
+
+    def figures(self, context: FigureContext) -> list[MethodFigure]:
+        """Polytope density along paths between test inputs, for both models."""
+        caption = (
+            "polytope lens: spline-code changes per unit distance along paths between test "
+            "inputs of the same and of different classes (mean ± 95% interval)"
+        )
+        models = [("A", context.model_a), ("B", context.model_b)]
+        draw = partial(profiles_figure, models, context.x_test, context.y_test, seed=context.seed)
+        return [MethodFigure(caption, draw)]

@@ -16,8 +16,8 @@ from __future__ import annotations
 from typing import ClassVar
 
 from baselines._linear import LinearMapMethod
-from baselines.base import FitData, register
 from flowmatch.alignment import fit_similarity
+from flowmatch.methods import FitData, register
 
 __all__ = ["Procrustes"]
 

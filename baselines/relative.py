@@ -24,9 +24,9 @@ from typing import ClassVar
 import torch
 from torch import Tensor, nn
 
-from baselines.base import FitData, Method, register
-from flowmatch._validation import check_fitted
 from flowmatch.alignment import fit_affine
+from flowmatch.methods import FitData, Method, register
+from flowmatch.validation import check_fitted
 
 __all__ = ["RelativeRepresentation", "relative_coordinates"]
 

@@ -40,6 +40,7 @@ import copy
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, cast
 
 import numpy as np
@@ -50,8 +51,8 @@ from tqdm.auto import tqdm
 
 from baselines._basis_matching import AffineBasis, BasisMatchingMethod
 from baselines._jacobians import Network, split_network, stage_jacobians
-from baselines.base import register
-from flowmatch._validation import as_matrix, check_fitted, resolve_device, seed_everything
+from flowmatch.methods import FigureContext, MethodFigure, register
+from flowmatch.validation import as_matrix, check_fitted, resolve_device, seed_everything
 
 __all__ = [
     "SPARSITY_MEASURES",
@@ -62,6 +63,7 @@ __all__ = [
     "near_zero_fraction",
     "pca_rotations",
     "rotate_jacobians",
+    "sparsity_bars",
     "rotated_network",
     "sparsity_table",
 ]
@@ -411,6 +413,43 @@ def channel_alignment(j_xy: Tensor, j_yz: Tensor, threshold: float = 0.01) -> fl
     return float(spearmanr(a, b).statistic)
 
 
+# ----------------------------------------------------------------------------- figure
+def sparsity_bars(
+    model: Any, inputs: Any, *, n_steps: int = 150, seed: int = 0, max_samples: int = 512
+) -> Any:
+    """Near-zero fraction of every layer-to-layer Jacobian of an MLP in the neuron, PCA and
+    sparsity-optimised rotated bases (a pyplot-free matplotlib Figure)."""
+    from matplotlib.figure import Figure
+
+    x = torch.as_tensor(inputs)[:max_samples]
+    rs = RotationSparsity(n_steps=n_steps, seed=seed, max_samples=max_samples).fit(model, x)
+    net = split_network(model)
+    acts = net.node_activations(x.to(next(model.parameters()).dtype))
+    hidden = set(rs.rotations_)
+    pca = [r if n in hidden else None for n, r in zip(net.names, pca_rotations(acts))]
+    neuron = [None] * len(net.names)
+    rows, _ = sparsity_table(
+        model, x, {"neuron": neuron, "pca": pca, "rotated": rs.node_rotations()}
+    )
+    stages = list(dict.fromkeys(r.stage for r in rows))
+    bases = list(dict.fromkeys(r.basis for r in rows))
+    fig = Figure(figsize=(1.9 * len(stages) + 4, 3.8), layout="constrained")
+    ax = fig.add_subplot()
+    width = 0.8 / len(bases)
+    for b, basis in enumerate(bases):
+        vals = [
+            next(r.near_zero for r in rows if r.stage == s and r.basis == basis) for s in stages
+        ]
+        ax.bar(
+            np.arange(len(stages)) + (b - (len(bases) - 1) / 2) * width, vals, width, label=basis
+        )
+    ax.set_xticks(np.arange(len(stages)), stages, fontsize=8)
+    ax.set_ylabel("near-zero fraction of |J| (≤ 1% of max)")
+    ax.set_title("rotation sparsity: Jacobian sparsity per basis (model A)", fontsize=10)
+    ax.legend(fontsize=8)
+    return fig
+
+
 # ----------------------------------------------------------------------------- adapter
 @register("rotation_sparsity")
 class RotationSparsityMethod(BasisMatchingMethod):
@@ -454,3 +493,12 @@ class RotationSparsityMethod(BasisMatchingMethod):
         rot = rs.rotations_[layer]  # (d, d), rows = directions
         mean = acts.double().mean(0)
         return AffineBasis(encoder=rot.T, offset=-(mean @ rot.T), decoder=rot, dec_offset=mean)
+
+    def figures(self, context: FigureContext) -> list[MethodFigure]:
+        """Near-zero fraction of model A's Jacobians in the neuron, PCA and rotated bases."""
+        caption = (
+            "rotation sparsity: Jacobian near-zero fraction in the neuron, PCA and rotated "
+            "bases (model A, training inputs)"
+        )
+        draw = partial(sparsity_bars, context.model_a, context.x_train, seed=context.seed)
+        return [MethodFigure(caption, draw)]

@@ -62,8 +62,8 @@ from baselines._sphere import (
     polar,
     sphere_pair,
 )
-from baselines.base import FitData, Method, register
-from flowmatch._validation import check_fitted
+from flowmatch.methods import FitData, Method, register
+from flowmatch.validation import check_fitted
 
 __all__ = [
     "WassersteinProcrustes",
@@ -353,7 +353,7 @@ class WassersteinProcrustes(Method):
     Parameters
     ----------
     **params : keyword arguments of :func:`fit_wasserstein_procrustes` (all but ``x_a``,
-        ``x_b``, ``seed``, which comes from :class:`~baselines.base.FitData`).
+        ``x_b``, ``seed``, which comes from :class:`~flowmatch.methods.FitData`).
 
     Attributes
     ----------

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from flowmatch._io import Artefact
-from flowmatch._validation import resolve_device
+from flowmatch.validation import resolve_device
 
 __all__ = ["restore", "state_of"]
 

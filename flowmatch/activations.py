@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import os
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -16,9 +17,9 @@ import torch
 from torch import Tensor, nn
 
 from flowmatch._io import ArtefactError, check_input_file, load_state, save_state
-from flowmatch._validation import check_finite, resolve_device
+from flowmatch.validation import check_finite, resolve_device
 
-__all__ = ["ActivationSet", "collect", "find_module"]
+__all__ = ["ActivationSet", "collect", "find_module", "head_after"]
 
 
 @dataclass(frozen=True)
@@ -146,6 +147,16 @@ def find_module(model: nn.Module, layer: str) -> nn.Module:
     close = difflib.get_close_matches(layer, [n for n in names if n], n=5, cutoff=0.3)
     hint = f"; closest: {', '.join(close)}" if close else ""
     raise KeyError(f"model {type(model).__name__} has no layer {layer!r}{hint}")
+
+
+def head_after(model: nn.Sequential, layer: str) -> nn.Sequential:
+    """The part of ``model`` after its top-level submodule ``layer``, in eval mode (shares
+    parameters with ``model``): what turns the layer's activations into the outputs."""
+    names = [name for name, _ in model.named_children()]
+    if layer not in names:
+        raise KeyError(f"{layer!r} is not a top-level layer; choose from {names}")
+    head = nn.Sequential(OrderedDict(list(model.named_children())[names.index(layer) + 1 :]))
+    return head.eval()
 
 
 def _rows(out: Tensor, tokens: bool) -> Tensor:

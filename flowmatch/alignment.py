@@ -26,7 +26,7 @@ import ot
 import torch
 from torch import Tensor
 
-from flowmatch._validation import as_matrix
+from flowmatch.validation import as_matrix
 
 __all__ = [
     "apply_map",

@@ -27,11 +27,11 @@ denoising normalizing flows). The trailing PCA variances are their maximum-likel
 Default flow
 ------------
 ``flow="coupling"`` (NICE additive coupling, 6 layers) is the default: within the default
-budget of 1,200 optimiser steps (under a minute for a digits layer) it reaches the better
-held-out likelihood of the two exactly volume-preserving flows (``flowmatch bench flow``).
-``flow="cnf"`` (a divergence-free ODE with a leapfrog solver) is exactly volume-preserving as
-well; on a CPU it trains about 1.1–1.3× as many samples per second as the coupling flow and
-5–7× as many as a trace-estimating CNF of the same width.
+budget of 1,200 optimiser steps it reaches the better held-out likelihood of the two exactly
+volume-preserving flows. ``flow="cnf"`` (a divergence-free ODE with a leapfrog solver) is
+exactly volume-preserving as well, and needs no trace estimator, so it trains several times as
+many samples per second as a trace-estimating CNF of the same width. ``flowmatch bench flow``
+measures both; the README gives the figures.
 
 Constant columns
 ----------------
@@ -61,7 +61,6 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import inspect
 import json
 import logging
 import math
@@ -69,28 +68,33 @@ import os
 import time
 import warnings
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, ClassVar, cast
 
 import numpy as np
 import torch
+from sklearn.base import BaseEstimator
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from flowmatch import _autoencoder_io
 from flowmatch._gmm import GaussianMixture
 from flowmatch._io import load_state, save_state
-from flowmatch._validation import (
-    MAX_SEED,
-    as_matrix,
-    check_bool,
-    check_choice,
-    check_fitted,
-    check_int,
-    check_real,
-    resolve_device,
-)
 from flowmatch.flows import Flow, get_flow
 from flowmatch.outputs import check_file_output
+from flowmatch.validation import (
+    MAX_SEED,
+    Bool,
+    Constraint,
+    Instance,
+    Int,
+    Options,
+    Real,
+    Valid,
+    as_matrix,
+    check_fitted,
+    check_params,
+    resolve_device,
+)
 
 __all__ = ["FlowAutoencoder"]
 
@@ -119,8 +123,12 @@ def _gauss_log_prob(x: Tensor, var: Tensor) -> Tensor:
     return -0.5 * ((x**2) / var + torch.log(var) + _LOG_2PI).sum(dim=1)
 
 
-class FlowAutoencoder:
+class FlowAutoencoder(BaseEstimator):
     """Volume-preserving flow autoencoder (see the module docstring for the model).
+
+    A scikit-learn estimator: ``get_params``/``set_params``/``clone`` and the repr come from
+    :class:`sklearn.base.BaseEstimator`; every parameter has a declared constraint
+    (``_parameter_constraints``, :mod:`flowmatch.validation`) checked by ``fit``.
 
     Parameters
     ----------
@@ -136,19 +144,18 @@ class FlowAutoencoder:
     flow_options : extra keyword arguments for the flow class (e.g. ``{"n_steps": 8,
         "method": "leapfrog"}`` for ``cnf``, ``{"n_layers": 6}`` for ``coupling``).
     covariance_type : ``"full"`` or ``"diag"`` mixture covariances.
-    explained_variance, min_latent_dim : the ``"auto"`` rule. The floor of 10 keeps enough
-        directions for the class structure of the zoo layers (k = 10 on every zoo layer).
+    explained_variance, min_latent_dim : the ``"auto"`` rule. The floor keeps enough
+        directions for the class structure of a layer whose variance sits in few directions.
     reconstruction_weight : weight λ of the reconstruction term (squared error per
         coordinate, in units of the scaled data) added to the NLL per coordinate.
     training_noise : standard deviation of Gaussian noise added to each training minibatch,
         per principal coordinate and relative to that coordinate's standard deviation (0: off).
         A smoothing regulariser for small activation sets: the flow's shears regress half of
-        the coordinates on the other half, and on ~1000 rows that regression overfits (held-out
-        residual variance up to about twice the training one). Measured on digits-mlp (k = 10,
-        held-out NLL in nats/dim): cnf, 7800 steps, −0.763 → −0.799 at 0.15; coupling, the
-        default 1200 steps, −0.772 → −0.736 (it slows the fit when the budget is short).
-        ``history_["train_nll"]`` is then the NLL of the smoothed minibatches; the held-out
-        NLL used for early stopping is always on clean rows.
+        the coordinates on the other half, and on about a thousand rows that regression
+        overfits. It helps long runs and slows short ones (README, "The flow autoencoders'
+        likelihood"), so it is off by default. ``history_["train_nll"]`` is then the NLL of
+        the smoothed minibatches; the held-out NLL used for early stopping is always on clean
+        rows.
     lr, batch_size, max_epochs, patience : Adam learning rate, minibatch size, epoch limit,
         and early stopping on the held-out NLL (epochs without improvement).
     max_steps : optional limit on optimiser steps (training stops after the epoch that
@@ -188,6 +195,35 @@ class FlowAutoencoder:
     fit_seconds_ : float  # None after :meth:`load` (timings are not saved)
     train_samples_per_second_ : float  # None after :meth:`load`
     """
+
+    _parameter_constraints: ClassVar[dict[str, Constraint]] = {
+        "latent_dim": Int(1, also=("auto",)),
+        "flow": Valid(get_flow),
+        "n_components": Int(1),
+        "d_flow": Int(1),
+        "hidden": Int(1),
+        "flow_options": Instance(dict, "a dict", none=True),
+        "covariance_type": Options(("full", "diag")),
+        "explained_variance": Real(0.0, 1.0, low_open=True),
+        "min_latent_dim": Int(1),
+        "reconstruction_weight": Real(0.0),
+        "training_noise": Real(0.0),
+        "lr": Real(0.0, low_open=True),
+        "batch_size": Int(1),
+        "max_epochs": Int(1),
+        "max_steps": Int(1, none=True),
+        "patience": Int(1),
+        "validation_fraction": Real(0.0, 1.0, high_open=True),
+        "min_variance": Real(0.0, low_open=True),
+        "on_constant": Options(("drop", "error")),
+        "max_time": Real(0.0, low_open=True, none=True),
+        "checkpoint": Instance((str, os.PathLike), "a path", none=True),
+        "checkpoint_every": Int(1),
+        "progress": Bool(),
+        "dtype": Options(tuple(_DTYPES)),
+        "device": Valid(resolve_device),
+        "seed": Int(0, MAX_SEED),
+    }
 
     def __init__(
         self,
@@ -246,85 +282,24 @@ class FlowAutoencoder:
         self.seed = seed
 
     # ------------------------------------------------------------------ parameters
-    def get_params(self, deep: bool = True) -> dict[str, Any]:
-        """Hyperparameters as a dict (scikit-learn convention)."""
-        names = list(inspect.signature(type(self).__init__).parameters)[1:]
-        return {n: getattr(self, n) for n in names}
-
-    def set_params(self, **params: Any) -> FlowAutoencoder:
-        """Set hyperparameters; unknown names raise ``ValueError``."""
-        valid = self.get_params()
-        for key, value in params.items():
-            if key not in valid:
-                raise ValueError(f"unknown parameter {key!r} for FlowAutoencoder")
-            setattr(self, key, value)
-        return self
-
-    def __repr__(self) -> str:
-        return f"FlowAutoencoder(latent_dim={self.latent_dim!r}, flow={self.flow!r}, ...)"
-
     def validate_params(self) -> None:
-        """Check every hyperparameter (types and finite ranges); ``fit`` calls this first.
+        """Check every hyperparameter against ``_parameter_constraints``; ``fit`` calls this
+        first.
 
         Raises ``TypeError`` or ``ValueError`` naming the first bad parameter, e.g.
         ``max_epochs must be >= 1, got 0``; an unknown flow raises ``KeyError``.
         """
-        get_flow(self.flow)
-        if self.latent_dim != "auto":
-            check_int("latent_dim", self.latent_dim, 1)
-        for name in ("n_components", "d_flow", "hidden", "min_latent_dim", "batch_size"):
-            check_int(name, getattr(self, name), 1)
-        for name in ("max_epochs", "patience", "checkpoint_every"):
-            check_int(name, getattr(self, name), 1)
-        check_int("max_steps", self.max_steps, 1, none=True)
-        check_int("seed", self.seed, 0, MAX_SEED)
-        if self.flow_options is not None and not isinstance(self.flow_options, dict):
-            raise TypeError(f"flow_options must be a dict or None, got {self.flow_options!r}")
-        check_choice("covariance_type", self.covariance_type, ("full", "diag"))
-        check_real("explained_variance", self.explained_variance, 0.0, 1.0, low_open=True)
-        check_real("reconstruction_weight", self.reconstruction_weight, 0.0)
-        check_real("training_noise", self.training_noise, 0.0)
-        check_real("lr", self.lr, 0.0, low_open=True)
-        check_real("validation_fraction", self.validation_fraction, 0.0, 1.0, high_open=True)
-        check_real("min_variance", self.min_variance, 0.0, low_open=True)
-        check_choice("on_constant", self.on_constant, ("drop", "error"))
-        check_real("max_time", self.max_time, 0.0, low_open=True, none=True)
-        if self.checkpoint is not None and not isinstance(self.checkpoint, str | os.PathLike):
-            raise TypeError(f"checkpoint must be a path or None, got {self.checkpoint!r}")
-        check_bool("progress", self.progress)
-        check_choice("dtype", self.dtype, tuple(_DTYPES))
-        resolve_device(self.device)
+        check_params(self.get_params(deep=False), self._parameter_constraints)
 
-    _check_params = validate_params
+    _validate_params = validate_params  # scikit-learn's hook calls the same checks
 
     # ------------------------------------------------------------------ preprocessing
     def _fit_preprocessing(self, x: Tensor) -> None:
-        n, d = x.shape
-        x64 = x.double()
-        constant = (x64.max(0).values - x64.min(0).values) == 0
-        if bool(constant.all()):
-            raise ValueError("all columns of x are constant; there is nothing to model")
-        if bool(constant.any()):
-            cols = torch.nonzero(constant).flatten().tolist()
-            msg = (
-                f"x has {len(cols)} constant column(s) (zero variance, e.g. dead ReLU units): "
-                f"{cols[:20]}{' ...' if len(cols) > 20 else ''}"
-            )
-            if self.on_constant == "error":
-                raise ValueError(msg + "; pass on_constant='drop' to set them aside")
-            warnings.warn(
-                msg + "; they are set aside (restored by decode, ignored by log_prob)",
-                stacklevel=3,
-            )
-        self.d_in_ = d
-        self.constant_columns_ = torch.nonzero(constant).flatten()
-        self.kept_columns_ = torch.nonzero(~constant).flatten()
-        self.constant_values_ = x64[0, self.constant_columns_].clone()
-        xk = x64[:, self.kept_columns_]
+        """Constant columns set aside, then mean, global scale and principal axes of the rest,
+        and the latent width k."""
+        n = x.shape[0]
+        xk = self._set_aside_constants(x.double())
         dp = xk.shape[1]
-        self.n_features_modelled_ = dp
-        if dp < 2:
-            raise ValueError(f"x has {dp} non-constant column; at least 2 are needed")
         # far from 1, work on x times a power of two (exact) so that the covariance of huge
         # (1e200) or tiny values neither over- nor underflows; otherwise on x itself
         big = float(xk.abs().max())
@@ -351,32 +326,61 @@ class FlowAutoencoder:
         self.explained_variance_ = evals / scale_n**2
         self.explained_variance_ratio_ = evals / evals.sum()
         self.d_flow_ = min(int(self.d_flow), dp)
-        if self.latent_dim == "auto":
-            cum = torch.cumsum(self.explained_variance_ratio_, 0)
-            k = int((cum < self.explained_variance - 1e-12).sum()) + 1
-            k = max(k, min(int(self.min_latent_dim), self.d_flow_))
-            self.latent_dim_ = min(k, self.d_flow_)
-            kept = float(cum[self.latent_dim_ - 1])
-            if k > self.d_flow_:
-                warnings.warn(
-                    f"latent_dim='auto' wants k={k} coordinates for "
-                    f"{self.explained_variance:.3g} of the variance, but the flow acts on "
-                    f"d_flow={self.d_flow_}; k={self.d_flow_} keeps {kept:.3g} of it (raise "
-                    "d_flow to keep more)",
-                    stacklevel=4,
-                )
-            logger.info(
-                "FlowAutoencoder: latent_dim='auto' chose k=%d (%.4f of the variance)",
-                self.latent_dim_,
-                kept,
+        self.latent_dim_ = self._latent_width(dp)
+
+    def _set_aside_constants(self, x64: Tensor) -> Tensor:
+        """Record the constant columns (warn, or raise with ``on_constant="error"``) and
+        return the others  # (n, d) → (n, d')"""
+        constant = (x64.max(0).values - x64.min(0).values) == 0
+        if bool(constant.all()):
+            raise ValueError("all columns of x are constant; there is nothing to model")
+        if bool(constant.any()):
+            cols = torch.nonzero(constant).flatten().tolist()
+            msg = (
+                f"x has {len(cols)} constant column(s) (zero variance, e.g. dead ReLU units): "
+                f"{cols[:20]}{' ...' if len(cols) > 20 else ''}"
             )
-        else:
+            if self.on_constant == "error":
+                raise ValueError(msg + "; pass on_constant='drop' to set them aside")
+            warnings.warn(
+                msg + "; they are set aside (restored by decode, ignored by log_prob)",
+                stacklevel=4,
+            )
+        self.d_in_ = x64.shape[1]
+        self.constant_columns_ = torch.nonzero(constant).flatten()
+        self.kept_columns_ = torch.nonzero(~constant).flatten()
+        self.constant_values_ = x64[0, self.constant_columns_].clone()
+        xk = x64[:, self.kept_columns_]
+        self.n_features_modelled_ = xk.shape[1]
+        if xk.shape[1] < 2:
+            raise ValueError(f"x has {xk.shape[1]} non-constant column; at least 2 are needed")
+        return xk
+
+    def _latent_width(self, dp: int) -> int:
+        """k: ``latent_dim``, or with ``"auto"`` the smallest k whose top-k principal
+        coordinates explain ``explained_variance`` (clipped to [min_latent_dim, d_flow])."""
+        if self.latent_dim != "auto":
             if int(self.latent_dim) > self.d_flow_:
                 raise ValueError(
                     f"latent_dim={self.latent_dim} exceeds d_flow={self.d_flow_} "
                     f"(min of d_flow and the {dp} non-constant columns)"
                 )
-            self.latent_dim_ = int(self.latent_dim)
+            return int(self.latent_dim)
+        cum = torch.cumsum(self.explained_variance_ratio_, 0)
+        k = int((cum < self.explained_variance - 1e-12).sum()) + 1
+        want = max(k, min(int(self.min_latent_dim), self.d_flow_))
+        k = min(want, self.d_flow_)
+        kept = float(cum[k - 1])
+        if want > self.d_flow_:
+            warnings.warn(
+                f"latent_dim='auto' wants k={want} coordinates for "
+                f"{self.explained_variance:.3g} of the variance, but the flow acts on "
+                f"d_flow={self.d_flow_}; k={self.d_flow_} keeps {kept:.3g} of it (raise "
+                "d_flow to keep more)",
+                stacklevel=5,
+            )
+        logger.info("FlowAutoencoder: latent_dim='auto' chose k=%d (%.4f of the variance)", k, kept)
+        return k
 
     def _working(self, x: Tensor) -> Tensor:
         """``x`` on the device in the working dtype, or in float64 when its finite values
@@ -519,22 +523,18 @@ class FlowAutoencoder:
         return hashlib.sha256(blob + x.numpy().tobytes()).hexdigest()
 
     def _train(self, model: _Model, y_tr: Tensor, y_val: Tensor, fingerprint: str) -> None:
+        """Adam on minibatches of ``y_tr`` with early stopping on the held-out NLL of
+        ``y_val``; the best epoch's weights are restored. Checkpoints resume an earlier run."""
         opt = torch.optim.Adam(model.parameters(), lr=self.lr)
-        state = {
-            "epoch": 0,
-            "best": math.inf,
-            "best_epoch": 0,
-            "bad": 0,
-            "seconds": 0.0,
-            "steps": 0,
-        }
+        state: dict[str, Any] = {
+            "epoch": 0, "best": math.inf, "best_epoch": 0, "bad": 0, "seconds": 0.0, "steps": 0,
+        }  # fmt: skip
         history: dict[str, list[float]] = {"train_nll": [], "val_nll": [], "seconds": []}
         best_state = copy.deepcopy(model.state_dict())
         if self.checkpoint is not None and Path(self.checkpoint).exists():
             resumed = self._load_checkpoint(model, opt, fingerprint)
             if resumed is not None:
                 state, history, best_state = resumed
-        n_tr = y_tr.shape[0]
         bar = tqdm(
             range(int(state["epoch"]), int(self.max_epochs)),
             disable=not self.progress,
@@ -542,44 +542,18 @@ class FlowAutoencoder:
             leave=False,
         )
         n_seen, t_train = 0, 0.0
-        noise_std = self.training_noise * torch.sqrt(
-            self.explained_variance_.clamp_min(self.min_variance)
-        ).to(y_tr)  # (d',) per principal coordinate
         for epoch in bar:
             t0 = time.perf_counter()
-            model.train()
-            perm = torch.randperm(
-                n_tr, generator=torch.Generator().manual_seed(self.seed * 7919 + epoch)
-            )
-            total, count = 0.0, 0
-            noise_gen = torch.Generator().manual_seed(self.seed * 7919 + epoch + 104729)
-            for idx in perm.to(y_tr.device).split(int(self.batch_size)):
-                batch = y_tr[idx]
-                if self.training_noise > 0:
-                    eps = torch.randn(batch.shape, generator=noise_gen, dtype=torch.float64)
-                    batch = batch + eps.to(batch) * noise_std
-                loss, nll = self._loss(model, batch)
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(
-                        f"non-finite training loss ({float(loss)}) at epoch {epoch}; lower lr "
-                        f"(now {self.lr}) or use dtype='float64'"
-                    )
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                total, count = total + float(nll.detach()) * len(idx), count + len(idx)
-                state["steps"] += 1
-            n_seen += n_tr
-            t_train += time.perf_counter() - t0
+            train_nll = self._epoch(model, opt, y_tr, epoch, state)
+            n_seen, t_train = n_seen + y_tr.shape[0], t_train + time.perf_counter() - t0
             with torch.no_grad():
-                val = (
-                    -float(self._log_prob_terms(model, y_val)[0].mean()) / self.n_features_modelled_
-                )
+                val = -float(self._log_prob_terms(model, y_val)[0].mean())
+                val /= self.n_features_modelled_
             if not math.isfinite(val):
                 raise FloatingPointError(f"non-finite held-out NLL at epoch {epoch}; lower lr")
             state["seconds"] += time.perf_counter() - t0
-            history["train_nll"].append(total / count)
-            history["val_nll"].append(val)
+            for key, value in (("train_nll", train_nll), ("val_nll", val)):
+                history[key].append(value)
             history["seconds"].append(state["seconds"])
             state["epoch"] = epoch + 1
             if val < state["best"] - 1e-4:
@@ -587,28 +561,61 @@ class FlowAutoencoder:
                 best_state = copy.deepcopy(model.state_dict())
             else:
                 state["bad"] += 1
-            bar.set_postfix(
-                nll=f"{total / count:.3f}", val=f"{val:.3f}", best=f"{state['best']:.3f}"
-            )
-            stop = state["bad"] >= self.patience
-            timeout = self.max_time is not None and state["seconds"] >= self.max_time
-            timeout |= self.max_steps is not None and state["steps"] >= self.max_steps
-            if self.checkpoint is not None and (
-                stop or timeout or (epoch + 1) % self.checkpoint_every == 0
-            ):
-                self._save_checkpoint(model, opt, state, history, best_state, fingerprint)
-            if stop:
-                break
-            if timeout:
-                logger.info("FlowAutoencoder: time or step budget reached at epoch %d", epoch + 1)
+            bar.set_postfix(nll=f"{train_nll:.3f}", val=f"{val:.3f}", best=f"{state['best']:.3f}")
+            if self._stop(epoch, state, (model, opt, history, best_state, fingerprint)):
                 break
         bar.close()
         model.load_state_dict(best_state)
         self.history_ = history
-        self.n_epochs_ = state["epoch"]
-        self.best_epoch_ = state["best_epoch"]
+        self.n_epochs_, self.best_epoch_ = state["epoch"], state["best_epoch"]
         self.fit_seconds_ = state["seconds"]
         self.train_samples_per_second_ = n_seen / t_train if t_train > 0 else float("nan")
+
+    def _epoch(
+        self, model: _Model, opt: torch.optim.Optimizer, y_tr: Tensor, epoch: int, state: dict
+    ) -> float:
+        """One pass over ``y_tr`` in seeded minibatches (with the training noise, when on);
+        returns the mean training NLL per coordinate."""
+        model.train()
+        gen = torch.Generator().manual_seed(self.seed * 7919 + epoch)
+        perm = torch.randperm(y_tr.shape[0], generator=gen)
+        noise_gen = torch.Generator().manual_seed(self.seed * 7919 + epoch + 104729)
+        noise_std = self.training_noise * torch.sqrt(
+            self.explained_variance_.clamp_min(self.min_variance)
+        ).to(y_tr)  # (d',) per principal coordinate
+        total, count = 0.0, 0
+        for idx in perm.to(y_tr.device).split(int(self.batch_size)):
+            batch = y_tr[idx]
+            if self.training_noise > 0:
+                eps = torch.randn(batch.shape, generator=noise_gen, dtype=torch.float64)
+                batch = batch + eps.to(batch) * noise_std
+            loss, nll = self._loss(model, batch)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(
+                    f"non-finite training loss ({float(loss)}) at epoch {epoch}; lower lr "
+                    f"(now {self.lr}) or use dtype='float64'"
+                )
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total, count = total + float(nll.detach()) * len(idx), count + len(idx)
+            state["steps"] += 1
+        return total / count
+
+    def _stop(self, epoch: int, state: dict, progress: tuple) -> bool:
+        """Whether training ends after ``epoch`` (patience, time or step budget); writes the
+        checkpoint when one is due."""
+        stop = state["bad"] >= self.patience
+        timeout = self.max_time is not None and state["seconds"] >= self.max_time
+        timeout |= self.max_steps is not None and state["steps"] >= self.max_steps
+        if self.checkpoint is not None and (
+            stop or timeout or (epoch + 1) % self.checkpoint_every == 0
+        ):
+            model, opt, history, best_state, fingerprint = progress
+            self._save_checkpoint(model, opt, state, history, best_state, fingerprint)
+        if timeout and not stop:
+            logger.info("FlowAutoencoder: time or step budget reached at epoch %d", epoch + 1)
+        return stop or timeout
 
     # ------------------------------------------------------------------ checkpoints
     def _save_checkpoint(self, model, opt, state, history, best_state, fingerprint) -> None:  # noqa: ANN001

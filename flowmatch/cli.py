@@ -1,29 +1,32 @@
 """The ``flowmatch`` command.
 
 flowmatch run [CONFIG]                 whole pipeline on a configured zoo pair → runs/<name>/
+flowmatch configs                      the bundled configs (``flowmatch run NAME`` runs one)
 flowmatch zoo list | train NAME        bundled model pairs
 flowmatch fit ACTS --out AE            fit a flow autoencoder to your activations
 flowmatch translate A B --out DIR      fit a zero-pair translation between two activation files
 flowmatch compare --pair NAME          flowmatch against every baseline, one table
-flowmatch bench {flow,tree,translate,compare,interp,polytope}   benchmarks that print figures
+flowmatch bench NAME [options]         benchmarks that print measured figures
+
+``bench`` and ``compare`` hand their arguments to the ``benchmarks`` package (which sits above
+the library, ``docs/architecture.md``); its modules are imported only when one runs.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import os
 import signal
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from functools import partial
 
 from flowmatch import __version__
-from flowmatch.benchmarks import BENCHMARKS
 
-__all__ = ["main"]
+__all__ = ["int_argument", "main"]
 
-DEFAULT_CONFIG = "configs/digits.yaml"
+DEFAULT_CONFIG = "digits"
 
 
 def _cmd_zoo(args: argparse.Namespace) -> int:
@@ -41,11 +44,11 @@ def _cmd_zoo(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from flowmatch.config import load_config
+    from flowmatch.config import find_config, load_config
     from flowmatch.outputs import check_folder_output
     from flowmatch.pipeline import run_pipeline
 
-    config = load_config(args.config)
+    config = load_config(find_config(args.config))
     if args.output_dir:
         from dataclasses import replace
 
@@ -85,40 +88,49 @@ def _cmd_translate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_bench(args: argparse.Namespace) -> int:
-    from flowmatch.outputs import check_file_output, check_folder_output
+def _cmd_configs(args: argparse.Namespace) -> int:
+    from flowmatch.config import bundled_configs
 
-    if getattr(args, "json", None):
-        check_file_output(args.json, "benchmark")
-    if getattr(args, "out", None):
-        check_folder_output(args.out, "figures")
-    module = importlib.import_module(f"flowmatch.benchmarks.{args.bench}")
-    module.run(args)
+    for name, path in bundled_configs().items():
+        print(f"{name:18s} {path}")
     return 0
 
 
+def _run_bench(argv: Sequence[str], prog: str) -> int:
+    """``flowmatch bench NAME …``: the benchmarks' own command line."""
+    try:
+        from benchmarks.cli import main as bench_main
+    except ModuleNotFoundError as err:
+        if err.name != "benchmarks":
+            raise
+        print("flowmatch: error: the benchmarks package is not installed", file=sys.stderr)
+        return 2
+    bench_main(argv, prog)
+    return 0
+
+
+def int_argument(low: int, high: int | None = None) -> Callable[[str], int]:
+    """An argparse ``type``: an int in ``[low, high]`` (no upper bound when ``high`` is None),
+    with a message that says which."""
+    rule = f"between {low} and {high}" if high is not None else f">= {low}"
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an int, got {text!r}") from None
+        if value < low or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(f"expected an int {rule}, got {value}")
+        return value
+
+    return parse
+
+
+_seed = int_argument(0, 2**32 - 1)
+
+
 def _latent_dim(text: str) -> int | str:
-    if text == "auto":
-        return text
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected 'auto' or a positive int, got {text!r}"
-        ) from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected 'auto' or a positive int, got {value}")
-    return value
-
-
-def _seed(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an int, got {text!r}") from None
-    if not 0 <= value < 2**32:
-        raise argparse.ArgumentTypeError(f"expected an int between 0 and 2**32 - 1, got {value}")
-    return value
+    return text if text == "auto" else int_argument(1)(text)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -130,10 +142,19 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     r = sub.add_parser("run", help="run the whole pipeline on a configured pair")
-    r.add_argument("config", nargs="?", default=DEFAULT_CONFIG, help="YAML config file")
+    r.add_argument(
+        "config",
+        nargs="?",
+        default=DEFAULT_CONFIG,
+        help="a YAML config file, or the name of a bundled config (see 'flowmatch configs'); "
+        f"default {DEFAULT_CONFIG}",
+    )
     r.add_argument("--output-dir", help="override the config's output_dir (default runs/)")
     r.add_argument("--quiet", action="store_true", help="no progress bars")
     r.set_defaults(func=_cmd_run)
+
+    cf = sub.add_parser("configs", help="list the bundled configs")
+    cf.set_defaults(func=_cmd_configs)
 
     z = sub.add_parser("zoo", help="bundled model pairs")
     zs = z.add_subparsers(dest="action", required=True)
@@ -163,41 +184,28 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=_seed, default=0, help="random seed")
     t.set_defaults(func=_cmd_translate)
 
-    c = sub.add_parser("compare", help="flowmatch against every baseline on a zoo pair")
-    _add_bench_arguments(c, "compare")
-    c.set_defaults(func=_cmd_bench, bench="compare")
-
-    b = sub.add_parser("bench", help="benchmarks that print measured figures")
-    bs = b.add_subparsers(dest="bench", required=True)
-    for name, help_text in BENCHMARKS.items():
-        _add_bench_arguments(bs.add_parser(name, help=help_text, description=help_text), name)
-    b.set_defaults(func=_cmd_bench)
+    # parsed by the benchmarks' own command line (see _command); listed here for --help
+    sub.add_parser("compare", help="flowmatch against every baseline on a zoo pair", add_help=False)
+    sub.add_parser("bench", help="benchmarks that print measured figures", add_help=False)
     return p
 
 
-def _add_bench_arguments(parser: argparse.ArgumentParser, name: str) -> None:
-    try:
-        module = importlib.import_module(f"flowmatch.benchmarks.{name}")
-    except ModuleNotFoundError:
-        parser.set_defaults(unavailable=name)
-        return
-    module.add_arguments(parser)
+def _command(argv: Sequence[str]) -> Callable[[], int]:
+    """What to run for ``argv``; argument errors exit here (status 2) before anything runs."""
+    if argv[:1] == ["bench"]:
+        return partial(_run_bench, argv[1:], "flowmatch bench")
+    if argv[:1] == ["compare"]:
+        return partial(_run_bench, ["compare", *argv[1:]], "flowmatch")
+    args = _parser().parse_args(argv)
+    return partial(args.func, args)
 
 
 def _expected_errors() -> tuple[type[BaseException], ...]:
-    """Error classes that mean bad input, arguments, files or environment (not a bug)."""
-    from flowmatch._validation import NotFittedError
-    from flowmatch.benchmarks._common import BenchmarkError
+    """Error classes that mean bad input, arguments, files or environment (not a bug); a
+    benchmark's failed worker raises a ChildProcessError, an OSError."""
+    from flowmatch.validation import NotFittedError
 
-    return (
-        ValueError,
-        TypeError,
-        KeyError,
-        OSError,
-        NotFittedError,
-        FloatingPointError,
-        BenchmarkError,
-    )
+    return (ValueError, TypeError, KeyError, OSError, NotFittedError, FloatingPointError)
 
 
 def _message(err: BaseException) -> str:
@@ -222,15 +230,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     exit status (2; 130 after Ctrl-C, 143 after SIGTERM, both with staging cleaned up).
     ``FLOWMATCH_TRACEBACK=1`` shows the traceback instead.
     """
-    args = _parser().parse_args(argv)
-    if getattr(args, "unavailable", None):
-        print(f"flowmatch: error: benchmark {args.unavailable!r} is not available", file=sys.stderr)
-        return 2
+    command = _command(list(sys.argv[1:] if argv is None else argv))
     previous = None
     if threading.current_thread() is threading.main_thread():
         previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
-        return int(args.func(args) or 0)
+        return int(command() or 0)
     except _Terminated:
         print("flowmatch: terminated; no partial files were written", file=sys.stderr)
         return 143

@@ -1,6 +1,6 @@
 """Run every translation method on one model pair under the same protocol; tabulate the scores.
 
-Protocol (DESIGN.md, "Honest evaluation protocol"):
+Protocol (the honest evaluation protocol of ``docs/architecture.md``):
 
 * The pair's *training* inputs are split by a seeded permutation into two disjoint halves. A's
   activations on half 1 and B's on half 2, each shuffled independently, are what every method
@@ -15,10 +15,13 @@ Protocol (DESIGN.md, "Honest evaluation protocol"):
   mean cosine and top-1 retrieval (:mod:`flowmatch.metrics`). Each model's own test accuracy and
   the linear CKA of the two test activation sets are reported as references.
 
-A method that raises does not stop the comparison: its row carries the error message.
+A method that raises does not stop the comparison: its row carries the error message (unless
+the caller names it in ``required``). The fitted methods come back with the report
+(:attr:`ComparisonReport.methods`), so a caller reuses them rather than fitting again.
 
 >>> report = compare(load_pair("digits-mlp"), methods=["procrustes", "cluster_pairs"])
 >>> print(report.to_markdown())
+>>> report.methods["procrustes"].transform(x_a)
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ import logging
 import time
 import traceback
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 import numpy as np
@@ -38,7 +41,10 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from flowmatch import metrics
-from flowmatch._validation import seed_everything
+from flowmatch.environment import environment
+from flowmatch.methods import REGISTRY, FitData, Method, get_method, list_methods
+from flowmatch.report import format_table
+from flowmatch.validation import seed_everything
 from flowmatch.zoo import ModelPair, accuracy, load_pair
 
 __all__ = ["COLUMNS", "ComparisonReport", "MethodResult", "compare", "protocol_data"]
@@ -101,6 +107,8 @@ class ComparisonReport:
     seed, n_pairs : protocol seed and number of paired rows given to paired methods.
     n_fit_a, n_fit_b, n_test : rows in ``FitData.a``, ``FitData.b`` and in the test set.
     env : device, library versions, threads.
+    methods : the fitted :class:`~flowmatch.methods.Method` of every row that did not fail,
+        by name (not serialised, not compared).
     """
 
     pair: str
@@ -115,6 +123,7 @@ class ComparisonReport:
     n_fit_b: int
     n_test: int
     env: dict[str, Any] = field(default_factory=dict)
+    methods: Mapping[str, Method] = field(default_factory=dict, repr=False, compare=False)
 
     def row(self, method: str) -> MethodResult:
         """The row of ``method``."""
@@ -124,10 +133,16 @@ class ComparisonReport:
         raise KeyError(f"no row for method {method!r}; rows: {[r.method for r in self.rows]}")
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-serialisable dictionary of everything in the report."""
-        out = asdict(self)
+        """JSON-serialisable dictionary of everything in the report but the fitted methods."""
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "methods"}
         out["rows"] = [asdict(r) for r in self.rows]
+        out["env"] = dict(self.env)
         return out
+
+    def to_rows(self) -> list[dict[str, Any]]:
+        """One flat dictionary per method: the pair's name and every field of its
+        :class:`MethodResult` (for tables and JSON)."""
+        return [{"pair": self.pair, **asdict(r)} for r in self.rows]
 
     def to_json(self, indent: int | None = 2) -> str:
         """The report as a JSON string."""
@@ -187,13 +202,11 @@ class ComparisonReport:
 
     def to_text(self) -> str:
         """Plain-text table (aligned columns) for terminals."""
-        from flowmatch.benchmarks._common import format_table
-
         rows = [dict(zip([h for _, h in COLUMNS], self._cells(r))) for r in self.rows]
         return self._summary() + "\n" + format_table(rows)
 
 
-def protocol_data(pair: ModelPair, n_pairs: int = 10, seed: int = 0) -> tuple[Any, Any]:
+def protocol_data(pair: ModelPair, n_pairs: int = 10, seed: int = 0) -> tuple[FitData, FitData]:
     """The fitting data of the protocol: ``(data, reference_data)``, two ``FitData``.
 
     ``data``: A's activations on half 1 of the training inputs and B's on half 2 (disjoint halves
@@ -201,8 +214,6 @@ def protocol_data(pair: ModelPair, n_pairs: int = 10, seed: int = 0) -> tuple[An
     inputs of half 1 through both networks as paired rows. ``reference_data``: the same, with
     every training input paired (what the supervised reference is fitted on).
     """
-    from baselines.base import FitData
-
     x = pair.data.x_train
     n = len(x)
     if not 0 <= n_pairs <= n // 2:
@@ -234,8 +245,6 @@ def protocol_data(pair: ModelPair, n_pairs: int = 10, seed: int = 0) -> tuple[An
 
 
 def _ordered(methods: Sequence[str] | None, reference: str) -> list[str]:
-    from baselines.base import REGISTRY, list_methods
-
     available = list_methods()
     names = available if methods is None else list(methods)
     unknown = [m for m in names if m not in REGISTRY]
@@ -252,17 +261,16 @@ def _sync() -> None:
 def _run_method(
     name: str,
     params: Mapping[str, Any],
-    data: Any,
-    test_a: Tensor,
-    test_b: Tensor,
+    data: FitData,
+    test: tuple[Tensor, Tensor],
     pair: ModelPair,
-    seed: int,
-) -> MethodResult:
-    from baselines.base import REGISTRY, get_method
-
+    required: bool,
+) -> tuple[MethodResult, Method | None]:
+    """Fit and score one method: its row, and the fitted method (None when it failed)."""
     uses = REGISTRY[name].uses
+    test_a, test_b = test
     try:
-        seed_everything(seed)
+        seed_everything(data.seed)
         method = get_method(name, **params)
         _sync()
         t0 = time.perf_counter()
@@ -273,7 +281,7 @@ def _run_method(
         _sync()
         t2 = time.perf_counter()
         pred = pred.detach().cpu()
-        return MethodResult(
+        row = MethodResult(
             method=name,
             paired_rows=method.n_pairs_used_,
             uses=uses,
@@ -284,10 +292,26 @@ def _run_method(
             fit_seconds=t1 - t0,
             transform_seconds=t2 - t1,
         )
+        return row, method
     except Exception as err:  # a failing method becomes a row, not a crash
+        if required:
+            raise
         logger.error("method %r failed on pair %r:\n%s", name, pair.name, traceback.format_exc())
         message = f"{type(err).__name__}: {err}"
-        return MethodResult(method=name, paired_rows=None, uses=uses, error=message)
+        return MethodResult(method=name, paired_rows=None, uses=uses, error=message), None
+
+
+def _relative(rows: list[MethodResult]) -> list[MethodResult]:
+    """Rows with ``relative_stitching`` set against the first (the reference)."""
+    ref_acc = rows[0].stitched_accuracy
+    if not ref_acc:
+        return rows
+    return [
+        r
+        if r.stitched_accuracy is None
+        else replace(r, relative_stitching=r.stitched_accuracy / ref_acc)
+        for r in rows
+    ]
 
 
 def compare(
@@ -298,26 +322,26 @@ def compare(
     method_params: Mapping[str, Mapping[str, Any]] | None = None,
     progress: bool = True,
     reference: str = "affine",
+    required: Sequence[str] = (),
 ) -> ComparisonReport:
     """Fit and score every method on ``pair`` under the protocol of this module.
 
     Parameters
     ----------
     pair : a :class:`~flowmatch.zoo.ModelPair` or the name of a zoo pair.
-    methods : registered method names (``baselines.list_methods()``); ``None`` runs them all.
-        The reference is always run, first.
+    methods : registered method names (:func:`flowmatch.methods.list_methods`), run in this
+        order after the reference; ``None`` runs them all. The reference is always run, first.
     n_pairs : paired rows given to paired methods (the reference gets every training input).
     seed : seed of the split, the shuffles and every method.
     method_params : keyword arguments per method name, e.g. ``{"cluster_pairs": {"n_iter": 5}}``.
     progress : show a progress bar over the methods.
     reference : the supervised method relative stitching is measured against.
+    required : methods whose failure raises (their exception) instead of becoming an error row.
 
     Returns
     -------
-    ComparisonReport
+    ComparisonReport  # with the fitted methods in ``methods``
     """
-    from flowmatch.benchmarks._common import environment
-
     if isinstance(pair, str):
         pair = load_pair(pair)
     params = dict(method_params or {})
@@ -326,25 +350,21 @@ def compare(
     if stray:
         raise KeyError(f"method_params given for methods that are not run: {sorted(stray)}")
     data, reference_data = protocol_data(pair, n_pairs, seed)
-    test_a, test_b = pair.activations("a", "test").x, pair.activations("b", "test").x
+    test = pair.activations("a", "test").x, pair.activations("b", "test").x
     rows: list[MethodResult] = []
+    fitted: dict[str, Method] = {}
     for name in tqdm(names, desc=f"compare {pair.name}", disable=not progress):
         fit_on = reference_data if name == reference else data
-        rows.append(_run_method(name, params.get(name, {}), fit_on, test_a, test_b, pair, seed))
-    ref_acc = rows[0].stitched_accuracy
-    if ref_acc:
-        rows = [
-            r
-            if r.stitched_accuracy is None
-            else MethodResult(**{**asdict(r), "relative_stitching": r.stitched_accuracy / ref_acc})
-            for r in rows
-        ]
+        row, method = _run_method(name, params.get(name, {}), fit_on, test, pair, name in required)
+        rows.append(row)
+        if method is not None:
+            fitted[name] = method
     x_test, y_test = pair.data.x_test, pair.data.y_test
     return ComparisonReport(
         pair=pair.name,
-        rows=tuple(rows),
+        rows=tuple(_relative(rows)),
         reference=reference,
-        cka=metrics.linear_cka(test_a, test_b),
+        cka=metrics.linear_cka(*test),
         accuracy_a=accuracy(pair.model_a, x_test, y_test),
         accuracy_b=accuracy(pair.model_b, x_test, y_test),
         seed=seed,
@@ -353,4 +373,5 @@ def compare(
         n_fit_b=len(data.b),
         n_test=len(x_test),
         env=environment(seed),
+        methods=fitted,
     )

@@ -35,11 +35,18 @@ from typing import Any
 
 import yaml
 
-from flowmatch._validation import MAX_SEED, check_bool, check_int, check_real
 from flowmatch.outputs import OutputPathError, check_file_output, check_name
 from flowmatch.settings import TranslateSettings, check_setting
+from flowmatch.validation import MAX_SEED, check_bool, check_int, check_real
 
-__all__ = ["Config", "ConfigError", "load_config", "config_from_dict"]
+__all__ = [
+    "Config",
+    "ConfigError",
+    "bundled_configs",
+    "config_from_dict",
+    "find_config",
+    "load_config",
+]
 
 MAX_CONFIG_BYTES = 1_000_000
 
@@ -61,7 +68,8 @@ def _checked(key: str, check: Callable[[], Any]) -> None:
 class CompareSettings:
     """Which methods the comparison runs and how many paired rows paired methods get.
 
-    ``methods``: registered method names (``baselines.list_methods()``), or None for all.
+    ``methods``: registered method names (:func:`flowmatch.methods.list_methods`), or None for
+    all.
     """
 
     methods: tuple[str, ...] | None = None
@@ -69,7 +77,7 @@ class CompareSettings:
 
     def __post_init__(self) -> None:
         if self.methods is not None:
-            from baselines import list_methods
+            from flowmatch.methods import list_methods
 
             known = list_methods()
             if not isinstance(self.methods, tuple) or not all(
@@ -271,6 +279,34 @@ class _Loader(yaml.SafeLoader):
                 raise ConfigError(f"line {line}: duplicate key {key!r} (first at line {first})")
             seen[key] = line
         return super().construct_mapping(node, deep=deep)
+
+
+def bundled_configs() -> dict[str, Path]:
+    """Name → file of every config shipped with flowmatch, sorted by name.
+
+    The repository's top-level ``configs/`` folder is the one source; a wheel carries the same
+    files as package data under ``flowmatch/configs/`` (``pyproject.toml`` maps the folder).
+    """
+    installed = Path(__file__).with_name("configs")
+    folder = installed if installed.is_dir() else Path(__file__).resolve().parents[1] / "configs"
+    return {p.stem: p for p in sorted(folder.glob("*.yaml"))}
+
+
+def find_config(config: str | os.PathLike) -> Path:
+    """The config file ``config`` names: an existing file, else a bundled config by name
+    (``"digits"`` or ``"digits.yaml"``); anything else raises ``FileNotFoundError`` listing the
+    bundled names."""
+    path = Path(config)
+    if path.exists():
+        return path
+    bundled = bundled_configs()
+    name = path.name[: -len(path.suffix)] if path.suffix in (".yaml", ".yml") else path.name
+    if str(path) in (name, path.name) and name in bundled:
+        return bundled[name]
+    hint = f"; 'flowmatch run {name}' runs the bundled one" if name in bundled else ""
+    raise FileNotFoundError(
+        f"no config file at {path}{hint} (bundled configs: {', '.join(bundled) or 'none'})"
+    )
 
 
 def load_config(path: str | os.PathLike) -> Config:

@@ -17,20 +17,23 @@ Edelsbrunner, Harer, *Computational Topology: An Introduction*, AMS, 2010.
 from __future__ import annotations
 
 import warnings
-from typing import Any
+from typing import Any, ClassVar
 
 import networkx as nx
 import numpy as np
 import torch
+from sklearn.base import BaseEstimator
 
 from flowmatch._merge_tree import MergeForest, Pruning, build_forest, knn_graph, prune
-from flowmatch._validation import (
+from flowmatch.validation import (
     MAX_SEED,
+    Bool,
+    Constraint,
+    Int,
+    Real,
     as_matrix,
-    check_bool,
     check_fitted,
-    check_int,
-    check_real,
+    check_params,
 )
 
 __all__ = ["DensityTree"]
@@ -44,8 +47,19 @@ def _as_vector(v: Any, name: str, n: int) -> np.ndarray:
     return arr
 
 
-class DensityTree:
+def _is_autoencoder(obj: Any) -> bool:
+    return callable(getattr(obj, "encode", None)) and callable(
+        getattr(obj, "latent_log_prob", None)
+    )
+
+
+class DensityTree(BaseEstimator):
     """Merge tree of a latent density, computed by 0-dimensional persistent homology.
+
+    A scikit-learn estimator (``get_params``/``set_params``/``clone`` and the repr from
+    :class:`sklearn.base.BaseEstimator`, constraints declared in ``_parameter_constraints``):
+    ``fit(X, y, log_density=...)`` on latent points, or :meth:`from_autoencoder` on the
+    latent of a fitted autoencoder.
 
     Parameters
     ----------
@@ -104,6 +118,16 @@ class DensityTree:
     J. ACM 60(6), 2013.
     """
 
+    _parameter_constraints: ClassVar[dict[str, Constraint]] = {
+        "k_neighbors": Int(1),
+        "n_modes": Int(1, none=True),
+        "min_prominence": Real(0.0, none=True),
+        "max_points": Int(2, none=True),
+        "seed": Int(0, MAX_SEED),
+        "n_jobs": Int(-1),
+        "progress": Bool(),
+    }
+
     def __init__(
         self,
         k_neighbors: int = 10,
@@ -123,8 +147,68 @@ class DensityTree:
         self.progress = progress
 
     # ------------------------------------------------------------------ fitting
-    def fit(self, autoencoder: Any, x: Any, labels: Any = None) -> DensityTree:
-        """Fit on the latent of ``x`` under ``autoencoder`` with its latent log-density.
+    def fit(
+        self, X: Any, y: Any = None, *, log_density: Any = None, activations: Any = None
+    ) -> DensityTree:
+        """Fit on latent points and the log-density at each of them.
+
+        Parameters
+        ----------
+        X : Tensor | ndarray  # (n, k) latent points
+        y : array-like  # (n,), optional class labels (for the label histograms)
+        log_density : Tensor | ndarray  # (n,) log-density at each point (required)
+        activations : Tensor | ndarray  # (n, d), optional activations of the same rows (for
+            activation-space centroids)
+
+        Returns
+        -------
+        self
+
+        To build the tree on the latent of an autoencoder with its latent log-density, use
+        :meth:`from_autoencoder`.
+        """
+        if _is_autoencoder(X):  # the former ``fit(autoencoder, x, labels)``
+            warnings.warn(
+                "DensityTree().fit(autoencoder, x) is deprecated; use "
+                "DensityTree.from_autoencoder(autoencoder, x, **params)",
+                DeprecationWarning,
+                stacklevel=2,
+            )
+            return self._fit_autoencoder(X, y, None)
+        self.validate_params()
+        if log_density is None:
+            raise TypeError(
+                "DensityTree.fit needs log_density= (one value per row of X); to fit on the "
+                "latent of an autoencoder use DensityTree.from_autoencoder(autoencoder, x)"
+            )
+        zt = as_matrix(X, "X", min_samples=2, dtype=torch.float64)
+        n = len(zt)
+        f = _as_vector(log_density, "log_density", n).astype(np.float64)
+        if not np.isfinite(f).all():
+            raise ValueError(
+                f"log_density contains {int((~np.isfinite(f)).sum())} non-finite values"
+            )
+        lab = None if y is None else _as_vector(y, "y", n)
+        xa = None
+        if activations is not None:
+            xa = as_matrix(activations, "activations", dtype=torch.float64).numpy()
+            if len(xa) != n:
+                raise ValueError(f"activations has {len(xa)} rows but X has {n}")
+        index = self._subsample(n)
+        return self._fit(
+            zt.numpy()[index],
+            f[index],
+            None if lab is None else lab[index],
+            None if xa is None else xa[index],
+            index,
+        )
+
+    @classmethod
+    def from_autoencoder(
+        cls, autoencoder: Any, x: Any, labels: Any = None, **params: Any
+    ) -> DensityTree:
+        """A tree fitted on the latent of ``x`` under ``autoencoder``, with its latent
+        log-density.
 
         Parameters
         ----------
@@ -132,11 +216,15 @@ class DensityTree:
             ``latent_log_prob(z) -> Tensor (n,)`` (e.g. :class:`flowmatch.FlowAutoencoder`).
         x : ActivationSet | Tensor | ndarray  # (n, d) activations
         labels : array-like  # (n,), optional; taken from ``x`` when it is an ActivationSet.
+        **params : hyperparameters of the tree (``k_neighbors``, ``min_prominence`` ...).
 
         Returns
         -------
-        self
+        DensityTree  # fitted; centroids also in activation space (``centroid_x``)
         """
+        return cls(**params)._fit_autoencoder(autoencoder, x, labels)
+
+    def _fit_autoencoder(self, autoencoder: Any, x: Any, labels: Any) -> DensityTree:
         self.validate_params()
         if labels is None and isinstance(getattr(x, "labels", None), torch.Tensor):
             labels = x.labels
@@ -152,45 +240,6 @@ class DensityTree:
         x_np = xs.detach().cpu().numpy().astype(np.float64)
         return self._fit(z_np, logp_np, lab, x_np, index)
 
-    def fit_points(
-        self, z: Any, log_density: Any, labels: Any = None, *, x: Any = None
-    ) -> DensityTree:
-        """Fit on latent points with given log-density values.
-
-        Parameters
-        ----------
-        z : Tensor | ndarray  # (n, k) latent points
-        log_density : Tensor | ndarray  # (n,) log-density at each point
-        labels : array-like  # (n,), optional class labels (for label histograms)
-        x : Tensor | ndarray  # (n, d), optional activations (for activation-space centroids)
-
-        Returns
-        -------
-        self
-        """
-        self.validate_params()
-        zt = as_matrix(z, "z", min_samples=2, dtype=torch.float64)
-        n = len(zt)
-        f = _as_vector(log_density, "log_density", n).astype(np.float64)
-        if not np.isfinite(f).all():
-            raise ValueError(
-                f"log_density contains {int((~np.isfinite(f)).sum())} non-finite values"
-            )
-        lab = None if labels is None else _as_vector(labels, "labels", n)
-        xa = None
-        if x is not None:
-            xa = as_matrix(x, "x", dtype=torch.float64).numpy()
-            if len(xa) != n:
-                raise ValueError(f"x has {len(xa)} rows but z has {n}")
-        index = self._subsample(n)
-        return self._fit(
-            zt.numpy()[index],
-            f[index],
-            None if lab is None else lab[index],
-            None if xa is None else xa[index],
-            index,
-        )
-
     def _subsample(self, n: int) -> np.ndarray:
         if self.max_points is None or n <= self.max_points:
             return np.arange(n)
@@ -198,24 +247,19 @@ class DensityTree:
         return np.sort(rng.choice(n, size=int(self.max_points), replace=False))
 
     def validate_params(self) -> None:
-        """Check every hyperparameter (types and finite ranges); ``fit`` calls this first.
+        """Check every hyperparameter against ``_parameter_constraints`` (and the rules that
+        tie two of them); ``fit`` calls this first.
 
         Raises ``TypeError`` or ``ValueError`` naming the first bad parameter, e.g.
         ``min_prominence must be finite and >= 0.0, got nan``.
         """
-        check_int("k_neighbors", self.k_neighbors, 1)
-        check_int("n_modes", self.n_modes, 1, none=True)
-        check_real("min_prominence", self.min_prominence, 0.0, none=True)
+        check_params(self.get_params(deep=False), self._parameter_constraints)
         if self.n_modes is not None and self.min_prominence is not None:
             raise ValueError("give at most one of n_modes and min_prominence")
-        check_int("max_points", self.max_points, 2, none=True)
-        check_int("seed", self.seed, 0, MAX_SEED)
-        check_int("n_jobs", self.n_jobs, -1)
         if self.n_jobs == 0:
             raise ValueError("n_jobs must be -1 (all cores) or >= 1, got 0")
-        check_bool("progress", self.progress)
 
-    _check_params = validate_params
+    _validate_params = validate_params  # scikit-learn's hook calls the same checks
 
     def _fit(
         self,
@@ -225,7 +269,6 @@ class DensityTree:
         x: np.ndarray | None,
         index: np.ndarray,
     ) -> DensityTree:
-        self._check_params()
         self._kdtree, nbrs = knn_graph(np.ascontiguousarray(z), self.k_neighbors, self.n_jobs)
         forest = build_forest(nbrs, f, progress=self.progress)
         if forest.n_components > 1:
@@ -382,11 +425,3 @@ class DensityTree:
         from flowmatch._tree_plots import plot_diagram
 
         return plot_diagram(self, ax=ax)
-
-    def __repr__(self) -> str:
-        params = (
-            f"k_neighbors={self.k_neighbors}, n_modes={self.n_modes}, "
-            f"min_prominence={self.min_prominence}, max_points={self.max_points}"
-        )
-        fitted = f", n_modes_={self.n_modes_}" if hasattr(self, "tree_") else ""
-        return f"DensityTree({params}{fitted})"

@@ -31,7 +31,8 @@ Foundations of Computational Mathematics 2011 (distance-profile lower bound).
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
 from typing import Any, Protocol
 
 import networkx as nx
@@ -41,6 +42,7 @@ from scipy.optimize import linear_sum_assignment
 from flowmatch.qap import two_opt
 
 __all__ = [
+    "MATCHING_FORMAT",
     "TreeMatching",
     "TreeSummary",
     "match_trees",
@@ -77,28 +79,178 @@ class TreeSummary:
     prominence: np.ndarray
 
 
-@dataclass(frozen=True)
+#: Version of the state :meth:`TreeMatching.to_state` writes (``from_state`` reads it and the
+#: unversioned state of earlier Translation files).
+MATCHING_FORMAT = 1
+
+
+@dataclass(frozen=True, init=False)
 class TreeMatching:
-    """Result of :func:`match_trees`.
+    """A correspondence between the leaves of two density trees (:func:`match_trees`,
+    :func:`matching_from_transport`).
 
     Attributes
     ----------
     leaf_pairs : ndarray  # (p, 2) int: (index into tree_a.leaves_, index into tree_b.leaves_)
     confidence : ndarray  # (p,) in [0, 1]: weight of candidate assignments that agree
+        (a transport matching: the share of the A leaf's mass sent to its partner)
     node_pairs : tuple  # ((node_a, node_b), ...) internal nodes with the same matched leaf set
     coupling : ndarray  # (m_a, m_b) Boltzmann-averaged assignment matrix over candidates
-    cost : float  # objective J of the chosen assignment
+        (a transport matching: share of each A leaf's mass sent to each B leaf)
     n_candidates : int  # distinct assignments evaluated for the confidences
     method : str  # "exhaustive", "qap" (2-opt search) or "transport"
+    objective : float | None  # objective J of the chosen assignment (:func:`match_trees`);
+        None for a transport matching
+    crossing_mass : float | None  # fraction of the transported mass sent outside the pairs
+        (:func:`matching_from_transport`); None for a structural matching
+
+    ``cost=`` (the former single field) is still accepted: it fills ``crossing_mass`` of a
+    transport matching and ``objective`` of the others, and ``cost`` reads back the one set.
     """
 
     leaf_pairs: np.ndarray
     confidence: np.ndarray
     node_pairs: tuple
     coupling: np.ndarray
-    cost: float
     n_candidates: int
     method: str
+    objective: float | None
+    crossing_mass: float | None
+
+    def __init__(
+        self,
+        leaf_pairs: np.ndarray,
+        confidence: np.ndarray,
+        node_pairs: tuple,
+        coupling: np.ndarray,
+        n_candidates: int,
+        method: str,
+        objective: float | None = None,
+        crossing_mass: float | None = None,
+        *,
+        cost: float | None = None,
+    ) -> None:
+        if cost is not None and method == "transport" and crossing_mass is None:
+            crossing_mass = cost
+        elif cost is not None and method != "transport" and objective is None:
+            objective = cost
+        scores = [None if v is None else float(v) for v in (objective, crossing_mass)]
+        values = (leaf_pairs, confidence, node_pairs, coupling, n_candidates, method, *scores)
+        for f, value in zip(fields(self), values):  # frozen: set once, here
+            object.__setattr__(self, f.name, value)
+
+    @property
+    def cost(self) -> float:
+        """The former single field: ``objective``, or ``crossing_mass`` for a transport
+        matching (kept readable while callers move to the two named fields)."""
+        value = self.objective if self.objective is not None else self.crossing_mass
+        return float("nan") if value is None else value
+
+    def swapped(self) -> TreeMatching:
+        """The same correspondence from B's side: pairs ``(b, a)``, coupling transposed."""
+        return TreeMatching(
+            leaf_pairs=np.asarray(self.leaf_pairs)[:, ::-1].copy(),
+            confidence=np.asarray(self.confidence).copy(),
+            node_pairs=tuple((b, a) for a, b in self.node_pairs),
+            coupling=np.asarray(self.coupling).T.copy(),
+            n_candidates=self.n_candidates,
+            method=self.method,
+            objective=self.objective,
+            crossing_mass=self.crossing_mass,
+        )
+
+    def to_state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        """``(arrays, meta)``: the arrays (``leaf_pairs`` int64, ``confidence`` and
+        ``coupling`` float64) and a JSON-serialisable document with the other fields and
+        ``format`` (:data:`MATCHING_FORMAT`). :meth:`from_state` reads them back."""
+        arrays = {
+            "leaf_pairs": np.asarray(self.leaf_pairs, dtype=np.int64).reshape(-1, 2),
+            "confidence": np.asarray(self.confidence, dtype=np.float64),
+            "coupling": np.asarray(self.coupling, dtype=np.float64),
+        }
+        meta = {
+            "format": MATCHING_FORMAT,
+            "objective": self.objective,
+            "crossing_mass": self.crossing_mass,
+            "n_candidates": int(self.n_candidates),
+            "method": str(self.method),
+            "node_pairs": [[_node_id(a), _node_id(b)] for a, b in self.node_pairs],
+        }
+        return arrays, meta
+
+    @classmethod
+    def from_state(cls, arrays: Mapping[str, Any], meta: Mapping[str, Any]) -> TreeMatching:
+        """The matching :meth:`to_state` described; every entry is checked and a bad one
+        raises ``ValueError`` naming it. A document without ``format`` is the state of an
+        earlier Translation file (one ``cost`` field, node ids as strings)."""
+        version = _state_field(meta, "format", int) if "format" in meta else 0
+        if not 0 <= version <= MATCHING_FORMAT:
+            raise ValueError(
+                f"matching state has format {version}; this flowmatch reads formats up to "
+                f"{MATCHING_FORMAT}: upgrade flowmatch to read it"
+            )
+        pairs = _state_array(arrays, "leaf_pairs", "int", (None, 2))
+        confidence = _state_array(arrays, "confidence", "float", (len(pairs),))
+        coupling = _state_array(arrays, "coupling", "float", (None, None))
+        if len(pairs) and (pairs.min() < 0 or (pairs >= coupling.shape).any()):
+            raise ValueError(
+                f"matching entry 'leaf_pairs' indexes leaves outside the {coupling.shape} coupling"
+            )
+        node_pairs = _state_field(meta, "node_pairs", list)
+        if not all(isinstance(p, list | tuple) and len(p) == 2 for p in node_pairs):
+            raise ValueError("matching entry 'node_pairs' must be a list of pairs")
+        method = _state_field(meta, "method", str)
+        if version >= 1:
+            scores = {k: _state_field(meta, k, (int, float), none=True) for k in _SCORES}
+        else:
+            scores = {"cost": _state_field(meta, "cost", (int, float))}
+        return cls(
+            leaf_pairs=pairs,
+            confidence=confidence,
+            node_pairs=tuple(tuple(p) for p in node_pairs),
+            coupling=coupling,
+            n_candidates=_state_field(meta, "n_candidates", int),
+            method=method,
+            **scores,
+        )
+
+
+_SCORES = ("objective", "crossing_mass")
+
+
+def _node_id(node: Any) -> int | str:
+    return int(node) if isinstance(node, int | np.integer) else str(node)
+
+
+def _state_field(
+    meta: Mapping[str, Any], name: str, types: type | tuple[type, ...], *, none: bool = False
+) -> Any:
+    if name not in meta:
+        raise ValueError(f"matching entry {name!r} is missing")
+    value = meta[name]
+    if value is None and none:
+        return None
+    types = types if isinstance(types, tuple) else (types,)
+    if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
+        names = " or ".join(t.__name__ for t in types)
+        raise ValueError(f"matching entry {name!r} must be {names}, got {value!r}")
+    return value
+
+
+def _state_array(
+    arrays: Mapping[str, Any], name: str, kind: str, shape: tuple[int | None, ...]
+) -> np.ndarray:
+    if name not in arrays:
+        raise ValueError(f"matching array {name!r} is missing")
+    arr = np.asarray(arrays[name])
+    ok_kind = arr.dtype.kind in ("iu" if kind == "int" else "f")
+    if not ok_kind or arr.ndim != len(shape):
+        raise ValueError(f"matching array {name!r} must be a {len(shape)}-D {kind} array")
+    if any(s is not None and s != n for s, n in zip(shape, arr.shape)):
+        raise ValueError(f"matching array {name!r} has shape {arr.shape}, expected {shape}")
+    if kind == "float" and not np.isfinite(arr).all():
+        raise ValueError(f"matching array {name!r} holds NaN or infinite values")
+    return arr.astype(np.int64 if kind == "int" else np.float64)
 
 
 def _whiten(z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -359,7 +511,7 @@ def match_trees(
         confidence=conf,
         node_pairs=node_pairs,
         coupling=coupling,
-        cost=float(vals[order[0]]),
+        objective=float(vals[order[0]]),
         n_candidates=len(cand),
         method=method,
     )
@@ -389,7 +541,7 @@ def matching_from_transport(
     Returns
     -------
     TreeMatching  # ``coupling`` (m_a, m_b): share of each A leaf's mass sent to each B leaf;
-                  # ``cost``: fraction of all mass sent outside the reported pairs
+                  # ``crossing_mass``: fraction of all mass sent outside the reported pairs
     """
     m_a, m_b = len(tree_a.leaves_), len(tree_b.leaves_)
     one_a = np.eye(m_a)[np.asarray(leaf_a)]  # (n_a, m_a)
@@ -404,7 +556,7 @@ def matching_from_transport(
         confidence=share[pairs[:, 0], pairs[:, 1]],
         node_pairs=_internal_pairs(tree_a, tree_b, pairs),
         coupling=share,
-        cost=float(1.0 - mass[pairs[:, 0], pairs[:, 1]].sum() / max(mass.sum(), 1e-300)),
+        crossing_mass=1.0 - mass[pairs[:, 0], pairs[:, 1]].sum() / max(mass.sum(), 1e-300),
         n_candidates=1,
         method="transport",
     )

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from flowmatch._validation import as_matrix
+from flowmatch.validation import as_matrix
 
 __all__ = ["linear_cka", "mean_cosine", "r2_score", "stitched_accuracy", "top1_retrieval"]
 

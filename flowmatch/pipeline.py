@@ -1,39 +1,41 @@
 """``flowmatch run``: the whole pipeline on one configured zoo pair, written to ``runs/<name>/``.
 
-Stages (one progress bar step each): zoo models → activations (the evaluation protocol's
-disjoint, shuffled halves of the training inputs; see :func:`flowmatch.compare.protocol_data`)
-→ translation (two flow autoencoders, two density trees, tree matching, OT refinement; one
-:func:`flowmatch.translate` call) → scoring on the test inputs → every baseline
-(:func:`flowmatch.compare.compare`) → figures → writing.
+Stages (one progress bar step each): zoo models → test activations → every method under the
+evaluation protocol of :func:`flowmatch.compare.compare`, flowmatch first after the supervised
+reference (its translation: two flow autoencoders, two density trees, tree matching, OT
+refinement; one :func:`flowmatch.translate` call) → the matched modes → figures → writing.
+Every method, flowmatch included, is fitted and scored once, by ``compare``; the pipeline
+reuses the fitted methods for its figures.
 
 The run folder holds ``report.html`` (self-contained), ``figures/`` (its figures as PNG),
-``metrics.json`` (deterministic under
-the seed: no wall times, no dates), ``timings.json`` and ``translation/`` (the latent map and
-both autoencoders, safetensors + JSON). Everything is first written to a hidden staging folder
-beside the run folder, which replaces the run folder only when every file is complete: an
-interrupted or failed run leaves the previous results untouched and no partial files. The run
-folder is checked before anything is computed: it must be new, empty, or a run folder
-flowmatch wrote with nothing else in it (:mod:`flowmatch.outputs`).
+``metrics.json`` (deterministic under the seed: no wall times, no dates), ``timings.json`` and
+``translation/`` (the latent map and both autoencoders, safetensors + JSON). Everything is first
+written to a hidden staging folder beside the run folder, which replaces the run folder only
+when every file is complete: an interrupted or failed run leaves the previous results untouched
+and no partial files. The run folder is checked before anything is computed: it must be new,
+empty, or a run folder flowmatch wrote with nothing else in it (:mod:`flowmatch.outputs`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import re
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from flowmatch import metrics
 from flowmatch._io import write_json
-from flowmatch._validation import seed_everything
 from flowmatch.config import Config
+from flowmatch.environment import environment
+from flowmatch.methods import FigureContext, list_methods
 from flowmatch.outputs import staged_folder
+from flowmatch.validation import seed_everything
 
 __all__ = ["STAGES", "RunResult", "run_pipeline"]
 
@@ -41,9 +43,8 @@ __all__ = ["STAGES", "RunResult", "run_pipeline"]
 STAGES: tuple[str, ...] = (
     "zoo models",
     "activations",
-    "translation",
-    "scoring",
-    "baselines",
+    "methods",
+    "modes",
     "figures",
     "writing",
 )
@@ -67,6 +68,20 @@ class RunResult:
     timings: dict[str, Any]
 
 
+@dataclass(frozen=True)
+class _Run:
+    """What the stages computed, for the figures and the files."""
+
+    config: Config
+    pair: Any
+    comparison: Any
+    translation: Any
+    test_a: torch.Tensor
+    test_b: torch.Tensor
+    majority: tuple[list[int | None], list[int | None]]  # per leaf of tree A, of tree B
+    modes: list[dict[str, Any]]
+
+
 class _Stages:
     """One tqdm step per stage, and the wall time of each."""
 
@@ -88,6 +103,8 @@ class _Stages:
 
 
 def _translate_params(config: Config) -> dict[str, Any]:
+    """Keyword arguments of :func:`flowmatch.translate` from the config (its ``translate``
+    section as ``settings``, and the stage sections)."""
     return {
         "autoencoder_params": dict(config.autoencoder),
         "tree_params": dict(config.tree),
@@ -97,37 +114,16 @@ def _translate_params(config: Config) -> dict[str, Any]:
 
 
 def _methods(config: Config) -> list[str]:
-    """Methods :func:`compare` runs (flowmatch itself is the pipeline's own translation)."""
-    import baselines
-
-    names = baselines.list_methods() if config.compare.methods is None else config.compare.methods
-    return [m for m in names if m != "flowmatch"]
-
-
-def _flowmatch_row(
-    translation: Any, pred: torch.Tensor, test_b: torch.Tensor, pair: Any, seconds: float
-) -> Any:
-    import baselines
-    from flowmatch.compare import MethodResult
-
-    return MethodResult(
-        method="flowmatch",
-        paired_rows=0,
-        uses=baselines.REGISTRY["flowmatch"].uses,
-        stitched_accuracy=metrics.stitched_accuracy(pred, pair.head_b, pair.data.y_test),
-        r2=metrics.r2_score(pred, test_b),
-        cosine=metrics.mean_cosine(pred, test_b),
-        top1=metrics.top1_retrieval(pred, test_b),
-        fit_seconds=seconds,
-    )
+    """Methods :func:`compare` runs after the reference: flowmatch first, then the configured
+    ones (every registered method when the config names none)."""
+    names = list_methods() if config.compare.methods is None else config.compare.methods
+    return ["flowmatch", *[m for m in names if m != "flowmatch"]]
 
 
-def _with_flowmatch(report: Any, row: Any) -> Any:
-    """``report`` with the pipeline's flowmatch row after the reference, relative stitching set."""
-    ref = report.rows[0].stitched_accuracy
-    if ref and row.stitched_accuracy is not None:
-        row = replace(row, relative_stitching=row.stitched_accuracy / ref)
-    return replace(report, rows=(report.rows[0], row, *report.rows[1:]))
+def _method_params(config: Config, methods: list[str], progress: bool) -> dict[str, Any]:
+    translate = _translate_params(config)
+    params = {"flowmatch": {**translate, "progress": progress}, "flowmatch_pairs": translate}
+    return {k: v for k, v in params.items() if k in methods}
 
 
 def _majority(labels: np.ndarray, mode: np.ndarray, n_modes: int) -> list[int | None]:
@@ -138,15 +134,26 @@ def _majority(labels: np.ndarray, mode: np.ndarray, n_modes: int) -> list[int | 
     return out
 
 
-def _mode_table(translation: Any, test_a: Any, test_b: Any, y: np.ndarray) -> list[dict[str, Any]]:
-    """Matched mode pairs with masses, confidence and the majority test class on each side
-    (labels are used here only to evaluate the unsupervised matching)."""
+def _majorities(
+    translation: Any, test_a: torch.Tensor, test_b: torch.Tensor, y: np.ndarray
+) -> tuple[list[int | None], list[int | None]]:
+    """Majority test class of every leaf of each tree (``leaves_`` order; None: no test input).
+    Labels are used here only to evaluate the unsupervised matching."""
+    t = translation
+    out = []
+    for ae, tree, x in (
+        (t.autoencoder_a_, t.tree_a_, test_a),
+        (t.autoencoder_b_, t.tree_b_, test_b),
+    ):
+        mode = tree.predict(ae.encode(x).double().numpy())
+        out.append(_majority(y, mode, len(tree.leaves_)))
+    return out[0], out[1]
+
+
+def _mode_table(translation: Any, majority: tuple[list, list]) -> list[dict[str, Any]]:
+    """Matched mode pairs with masses, confidence and the majority test class on each side."""
     ta, tb, m = translation.tree_a_, translation.tree_b_, translation.matching_
-    mode_a = ta.predict(translation.autoencoder_a_.encode(test_a).double().numpy())
-    mode_b = tb.predict(translation.autoencoder_b_.encode(test_b).double().numpy())
-    maj_a = _majority(y, mode_a, len(ta.leaves_))
-    maj_b = _majority(y, mode_b, len(tb.leaves_))
-    mass_a, mass_b = ta.mode_masses(), tb.mode_masses()
+    (maj_a, maj_b), mass_a, mass_b = majority, ta.mode_masses(), tb.mode_masses()
     rows = []
     for i, (ia, ib) in enumerate(np.asarray(m.leaf_pairs, dtype=np.int64)):
         rows.append(
@@ -163,42 +170,6 @@ def _mode_table(translation: Any, test_a: Any, test_b: Any, y: np.ndarray) -> li
             }
         )
     return rows
-
-
-def _baseline_figures(pair: Any, methods: list[str], seed: int) -> list[tuple[str, Callable]]:
-    from flowmatch import figures
-
-    d = pair.data
-    todo: list[tuple[str, Callable]] = []
-    if "rotation_sparsity" in methods:
-        todo.append(
-            (
-                "rotation sparsity: Jacobian near-zero fraction in the neuron, PCA and rotated "
-                "bases (model A, training inputs)",
-                lambda: figures.rotation_sparsity_bars(pair.model_a, d.x_train, seed=seed),
-            )
-        )
-    if "lib" in methods:
-        todo.append(
-            (
-                f"Local Interaction Basis vs PCA: test accuracy keeping the top-k directions of "
-                f"{pair.layer_a!r} (model A)",
-                lambda: figures.lib_ablation(
-                    pair.model_a, d.x_train, d.x_test, d.y_test, pair.layer_a
-                ),
-            )
-        )
-    if "polytope" in methods:
-        todo.append(
-            (
-                "polytope lens: spline-code changes per unit distance along paths between test "
-                "inputs of the same and of different classes (mean ± 95% interval)",
-                lambda: figures.polytope_profiles(
-                    [("A", pair.model_a), ("B", pair.model_b)], d.x_test, d.y_test, seed=seed
-                ),
-            )
-        )
-    return todo
 
 
 def _add_figure(report: Any, make: Callable[[], Any], caption: str, notes: list[str]) -> None:
@@ -223,78 +194,58 @@ def run_pipeline(config: Config, *, progress: bool = True) -> RunResult:
     -------
     RunResult
     """
-    from flowmatch.compare import compare, protocol_data
-    from flowmatch.translation import translate
-    from flowmatch.zoo import load_pair
-
     run_start = time.perf_counter()
     stage = _Stages(progress)
-    seed = config.seed
     target = config.run_dir()
     try:
         with staged_folder(target, "run") as tmp:
-            with stage("zoo models"):
-                seed_everything(seed)
-                pair = load_pair(config.pair)
-            with stage("activations"):
-                n_pairs = config.compare.n_pairs
-                data, reference = protocol_data(pair, n_pairs, seed)
-                test_a = pair.activations("a", "test").x
-                test_b = pair.activations("b", "test").x
-            with stage("translation"):
-                seed_everything(seed)
-                t0 = time.perf_counter()
-                translation = translate(
-                    data.a, data.b, seed=seed, progress=progress, **_translate_params(config)
-                )
-                fit_seconds = time.perf_counter() - t0
-            with stage("scoring"):
-                pred = translation(test_a).detach().cpu()
-                flow_row = _flowmatch_row(translation, pred, test_b, pair, fit_seconds)
-                y_test = pair.data.y_test.numpy()
-                modes = _mode_table(translation, test_a, test_b, y_test)
-            with stage("baselines"):
-                methods = _methods(config)
-                params = {"flowmatch_pairs": _translate_params(config)}
-                params = {k: v for k, v in params.items() if k in methods}
-                comparison = compare(
-                    pair,
-                    methods,
-                    n_pairs=n_pairs,
-                    seed=seed,
-                    method_params=params,
-                    progress=progress,
-                )
-                comparison = _with_flowmatch(comparison, flow_row)
+            run = _compute(config, stage, progress)
             with stage("figures"):
                 notes: list[str] = []
-                report = _build_report(
-                    config,
-                    pair,
-                    translation,
-                    comparison,
-                    modes,
-                    data,
-                    reference,
-                    pred,
-                    test_a,
-                    test_b,
-                    methods,
-                    notes,
-                )
+                report = _build_report(run, notes)
             with stage("writing"):
-                translation.save(tmp / "translation")
-                result = _metrics(config, pair, translation, comparison, modes, notes)
+                run.translation.save(tmp / "translation")
+                result = _metrics(run, notes)
                 write_json(tmp / "metrics.json", result)
-                timings = _timings(stage.seconds, comparison, translation, run_start)
+                timings = _timings(stage.seconds, run, run_start)
                 write_json(tmp / "timings.json", timings)
                 _add_run_section(report, config, timings, target)
                 report.to_html(tmp / "report.html")
                 _write_pngs(report, tmp / "figures")
     finally:
         stage.close()
-    _print_summary(comparison, result, target / "report.html")
+    _print_summary(run.comparison, result, target / "report.html")
     return RunResult(target, target / "report.html", result, timings)
+
+
+def _compute(config: Config, stage: _Stages, progress: bool) -> _Run:
+    """The zoo pair, every method fitted and scored by :func:`compare`, the matched modes."""
+    from flowmatch.compare import compare
+    from flowmatch.zoo import load_pair
+
+    seed = config.seed
+    with stage("zoo models"):
+        seed_everything(seed)
+        pair = load_pair(config.pair)
+    with stage("activations"):
+        test_a = pair.activations("a", "test").x
+        test_b = pair.activations("b", "test").x
+    with stage("methods"):
+        methods = _methods(config)
+        comparison = compare(
+            pair,
+            methods,
+            n_pairs=config.compare.n_pairs,
+            seed=seed,
+            method_params=_method_params(config, methods, progress),
+            progress=progress,
+            required=("flowmatch",),
+        )
+        translation = cast(Any, comparison.methods["flowmatch"]).translation_
+    with stage("modes"):
+        majority = _majorities(translation, test_a, test_b, pair.data.y_test.numpy())
+        modes = _mode_table(translation, majority)
+    return _Run(config, pair, comparison, translation, test_a, test_b, majority, modes)
 
 
 # ---------------------------------------------------------------------- outputs
@@ -307,22 +258,17 @@ def _ae_info(ae: Any) -> dict[str, Any]:
     }
 
 
-def _metrics(
-    config: Config, pair: Any, translation: Any, comparison: Any, modes: list, notes: list
-) -> dict[str, Any]:
+def _metrics(run: _Run, notes: list[str]) -> dict[str, Any]:
     """Everything measured, without wall times (identical across runs with one seed)."""
-    from flowmatch.benchmarks._common import environment
-
+    comparison, config = run.comparison, run.config
     rows = []
     for r in comparison.rows:
         row = asdict(r)
         for key in _TIMING_FIELDS:
             row.pop(key, None)
         rows.append(row)
-    fm = comparison.row("flowmatch")
-    m = translation.matching_
     return {
-        "pair": pair.name,
+        "pair": run.pair.name,
         "seed": config.seed,
         "config": config.to_dict(),
         "environment": environment(config.seed),
@@ -338,71 +284,72 @@ def _metrics(
             "n_pairs": comparison.n_pairs,
             "reference": comparison.reference,
         },
-        "flowmatch": {
-            "stitched_accuracy": fm.stitched_accuracy,
-            "relative_stitching": fm.relative_stitching,
-            "r2": fm.r2,
-            "cosine": fm.cosine,
-            "top1": fm.top1,
-            "autoencoder_a": _ae_info(translation.autoencoder_a_),
-            "autoencoder_b": _ae_info(translation.autoencoder_b_),
-            "n_modes_a": len(translation.tree_a_.leaves_),
-            "n_modes_b": len(translation.tree_b_.leaves_),
-            "n_matched": len(m.leaf_pairs),
-            "matching_cost": float(m.cost),
-            "matching_method": m.method,
-            "mean_confidence": float(np.mean(m.confidence)) if len(m.confidence) else None,
-            "matched_same_majority_class": (
-                float(np.mean([r["same class"] for r in modes])) if modes else None
-            ),
-            "matched_modes": modes,
-        },
+        "flowmatch": _flowmatch_metrics(run),
         "comparison": rows,
         "notes": notes,
     }
 
 
-def _timings(
-    stages: dict[str, float], comparison: Any, translation: Any, start: float
-) -> dict[str, Any]:
+def _flowmatch_metrics(run: _Run) -> dict[str, Any]:
+    fm, t, modes = run.comparison.row("flowmatch"), run.translation, run.modes
+    m = t.matching_
+    return {
+        "stitched_accuracy": fm.stitched_accuracy,
+        "relative_stitching": fm.relative_stitching,
+        "r2": fm.r2,
+        "cosine": fm.cosine,
+        "top1": fm.top1,
+        "autoencoder_a": _ae_info(t.autoencoder_a_),
+        "autoencoder_b": _ae_info(t.autoencoder_b_),
+        "n_modes_a": len(t.tree_a_.leaves_),
+        "n_modes_b": len(t.tree_b_.leaves_),
+        "n_matched": len(m.leaf_pairs),
+        "matching_objective": m.objective,
+        "crossing_mass": m.crossing_mass,
+        "matching_method": m.method,
+        "mean_confidence": float(np.mean(m.confidence)) if len(m.confidence) else None,
+        "matched_same_majority_class": (
+            float(np.mean([r["same class"] for r in modes])) if modes else None
+        ),
+        "matched_modes": modes,
+    }
+
+
+def _timings(stages: dict[str, float], run: _Run, start: float) -> dict[str, Any]:
     return {
         "stages_seconds": dict(stages),
         "total_seconds": time.perf_counter() - start,
         "threads": torch.get_num_threads(),
-        "methods_fit_seconds": {r.method: r.fit_seconds for r in comparison.rows},
+        "methods_fit_seconds": {r.method: r.fit_seconds for r in run.comparison.rows},
         "autoencoder_fit_seconds": {
-            "a": getattr(translation.autoencoder_a_, "fit_seconds_", None),
-            "b": getattr(translation.autoencoder_b_, "fit_seconds_", None),
+            "a": getattr(run.translation.autoencoder_a_, "fit_seconds_", None),
+            "b": getattr(run.translation.autoencoder_b_, "fit_seconds_", None),
         },
     }
 
 
-def _build_report(
-    config: Config,
-    pair: Any,
-    translation: Any,
-    comparison: Any,
-    modes: list,
-    data: Any,
-    reference: Any,
-    pred: torch.Tensor,
-    test_a: torch.Tensor,
-    test_b: torch.Tensor,
-    methods: list[str],
-    notes: list[str],
-) -> Any:
-    from flowmatch import figures
-    from flowmatch.alignment import apply_map, fit_affine
+# ---------------------------------------------------------------------- report
+def _build_report(run: _Run, notes: list[str]) -> Any:
+    """The report's sections up to the run section (figures that fail become notes)."""
     from flowmatch.report import Report
 
-    fm = comparison.row("flowmatch")
-    ref = comparison.rows[0]
-    y = pair.data.y_test
+    pair = run.pair
     report = Report(
         f"flowmatch: {pair.name}",
-        f"config {config.name!r}, seed {config.seed}; model A {pair.layer_a!r} "
-        f"(d={test_a.shape[1]}) → model B {pair.layer_b!r} (d={test_b.shape[1]})",
+        f"config {run.config.name!r}, seed {run.config.seed}; model A {pair.layer_a!r} "
+        f"(d={run.test_a.shape[1]}) → model B {pair.layer_b!r} (d={run.test_b.shape[1]})",
     )
+    _summary_section(report, run.comparison)
+    _tree_section(report, run, notes)
+    _latent_and_translation_sections(report, run, notes)
+    _comparison_section(report, run, notes)
+    return report
+
+
+def _summary_section(report: Any, comparison: Any) -> None:
+    from flowmatch.compare import COLUMNS
+
+    fm, ref = comparison.row("flowmatch"), comparison.rows[0]
     report.add_section("Summary")
     report.add_text(
         f"Model A and model B reach {comparison.accuracy_a:.3f} and {comparison.accuracy_b:.3f} "
@@ -411,40 +358,36 @@ def _build_report(
         f"{comparison.n_fit_b} other training inputs (disjoint halves, each shuffled: no pairs). "
         "Every score below is on the held-out test inputs."
     )
+    headers = dict(c for c in COLUMNS if c[0] != "fit_seconds")
     report.add_table(
-        [
-            {
-                "method": r.method,
-                "paired rows": r.paired_rows,
-                "stitched acc": r.stitched_accuracy,
-                "relative stitching": r.relative_stitching,
-                "R²": r.r2,
-                "cosine": r.cosine,
-                "top-1": r.top1,
-            }
-            for r in (fm, ref)
-        ],
+        [{headers[k]: getattr(r, k) for k in headers} for r in (fm, ref)],
         caption=(
             "flowmatch (zero pairs) against supervised affine stitching fitted on every "
             "training input paired"
         ),
     )
+
+
+def _tree_section(report: Any, run: _Run, notes: list[str]) -> None:
+    from flowmatch import figures
+
+    t = run.translation
     report.add_section("Density trees and their matching")
     report.add_text(
         "Each latent density is summarised by the merge tree of its super-level sets; leaves "
         "are modes. The two trees are matched without shared coordinates; matched modes carry "
         "the same colour and tag m<i> in every figure."
     )
-    ta, tb = translation.tree_a_, translation.tree_b_
     _add_figure(
         report,
-        lambda: figures.matched_trees(ta, tb, translation.matching_),
+        lambda: figures.matched_trees(t.tree_a_, t.tree_b_, t.matching_, classes=run.majority),
         "density trees of model A (left) and B (right), height = log-density; leaf size and "
-        "percentage = mass; same colour = matched",
+        "percentage = mass; same colour = matched; a leaf's class is the majority class of "
+        "its test inputs; the root's stem is cut (arrow: the lowest log-density)",
         notes,
     )
     report.add_table(
-        modes,
+        run.modes,
         caption=(
             "matched mode pairs; the majority test class of each mode is shown only to evaluate "
             "the matching (labels are never used to fit)"
@@ -452,29 +395,43 @@ def _build_report(
     )
     _add_figure(
         report,
-        lambda: figures.persistence_diagrams(ta, tb),
+        lambda: figures.persistence_diagrams(t.tree_a_, t.tree_b_),
         "0-dimensional persistence diagrams of the latent densities; points below the dashed "
-        "line are pruned as noise",
+        "line are pruned as noise; the essential class (the global maximum, which never dies) "
+        "is drawn at the bottom edge with its death level written beside it",
         notes,
     )
+
+
+def _latent_and_translation_sections(report: Any, run: _Run, notes: list[str]) -> None:
+    from flowmatch import figures
+
+    y, comparison = run.pair.data.y_test, run.comparison
     report.add_section("Latent spaces")
     _add_figure(
         report,
-        lambda: figures.latent_views(translation, test_a, test_b, y),
+        lambda: figures.latent_views(run.translation, run.test_a, run.test_b, y),
         "test activations encoded by each flow autoencoder, PCA of the latent; top: coloured by "
         "density-tree mode (matched modes share a colour, unmatched grey), bottom: by class",
         notes,
     )
     report.add_section("Translation A → B")
-    matrix, bias = fit_affine(reference.pairs_a, reference.pairs_b)
-    supervised = apply_map(test_a, matrix, bias).float()
+    pred = comparison.methods["flowmatch"].transform(run.test_a)
+    reference = comparison.methods.get(comparison.reference)
+    supervised = None if reference is None else reference.transform(run.test_a)
     _add_figure(
         report,
-        lambda: figures.translated_vs_true(pred, test_b, y, pair.head_b, supervised),
+        lambda: figures.translated_vs_true(pred, run.test_b, y, run.pair.head_b, supervised),
         "translated A→B against the true B activations of the same test inputs: PCA view, "
         "stitched accuracy per class, R² per B unit (supervised affine for reference)",
         notes,
     )
+
+
+def _comparison_section(report: Any, run: _Run, notes: list[str]) -> None:
+    from flowmatch import figures
+
+    comparison, pair = run.comparison, run.pair
     report.add_section("Comparison with every baseline")
     report.add_html(comparison.to_html())
     _add_figure(
@@ -484,21 +441,23 @@ def _build_report(
         notes,
     )
     report.add_section("Baselines' figures")
-    todo = _baseline_figures(pair, methods, config.seed)
-    if not todo:
+    d = pair.data
+    context = FigureContext(
+        pair.model_a, pair.model_b, pair.layer_a, pair.layer_b,
+        d.x_train, d.x_test, d.y_test, run.config.seed,
+    )  # fmt: skip
+    drawn = [f for m in comparison.methods.values() for f in m.figures(context)]
+    if not drawn:
         report.add_note(
-            "no baseline with a figure of its own (rotation_sparsity, lib, polytope) "
-            "was among the configured methods"
+            "no baseline with a figure of its own (e.g. rotation_sparsity, lib, polytope) "
+            "was among the compared methods"
         )
-    for caption, make in todo:
-        _add_figure(report, make, caption, notes)
-    return report
+    for figure in drawn:
+        _add_figure(report, figure.make, figure.caption, notes)
 
 
 def _write_pngs(report: Any, folder: Path) -> None:
     """Each embedded figure also as ``figures/NN_<words>.png`` (for slides and papers)."""
-    import re
-
     folder.mkdir()
     for i, (caption, png) in enumerate(report.images, 1):
         words = re.findall(r"[a-z0-9]+", caption.split(":")[0].lower())[:4]
@@ -507,8 +466,6 @@ def _write_pngs(report: Any, folder: Path) -> None:
 
 def _add_run_section(report: Any, config: Config, timings: dict, target: Path) -> None:
     import yaml
-
-    from flowmatch.benchmarks._common import environment
 
     report.add_section("Run")
     report.add_text(

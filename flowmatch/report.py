@@ -1,4 +1,5 @@
-"""Self-contained HTML reports: sections of text, tables and matplotlib figures in one file.
+"""Self-contained HTML reports: sections of text, tables and matplotlib figures in one file;
+and plain-text tables for terminals (:func:`format_table`).
 
 Figures are embedded as base64 PNG ``data:`` URIs and the stylesheet is inline, so the file can
 be mailed, archived or opened from any folder without the files it was made from.
@@ -26,7 +27,7 @@ from typing import Any
 
 from flowmatch._io import atomic_write_text
 
-__all__ = ["Report", "figure_png", "format_value"]
+__all__ = ["Report", "figure_png", "format_table", "format_value"]
 
 _CSS = """
 body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0;color:#1d1d1f;
@@ -61,6 +62,27 @@ def format_value(value: Any) -> str:
             return "–"
         return f"{value:.4g}" if abs(value) < 1e5 else f"{value:.3e}"
     return str(value)
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}" if abs(value) < 1e5 else f"{value:.3e}"
+    return str(value)
+
+
+def format_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | None = None) -> str:
+    """Plain-text table of ``rows`` (mappings) with right-aligned columns: ``columns`` or the
+    keys of the first row; floats to 4 significant digits, a missing key as an empty cell."""
+    if not rows:
+        return "(no rows)"
+    cols = list(columns or rows[0].keys())
+    cells = [[_cell(r.get(c, "")) for c in cols] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(cols)]
+
+    def line(values: Sequence[str]) -> str:
+        return "  ".join(v.rjust(w) for v, w in zip(values, widths))
+
+    return "\n".join([line(cols), line(["-" * w for w in widths]), *map(line, cells)])
 
 
 def figure_png(fig: Any, dpi: int = 110) -> bytes:

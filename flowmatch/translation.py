@@ -136,18 +136,7 @@ class Translation:
     def inverse(self) -> Translation:
         """The translation from B to A (pseudo-inverse of the coordinate map)."""
         inv = torch.linalg.pinv(self.matrix_)
-        matching = None
-        if self.matching_ is not None:
-            m = self.matching_
-            matching = TreeMatching(
-                leaf_pairs=m.leaf_pairs[:, ::-1].copy(),
-                confidence=m.confidence,
-                node_pairs=tuple((b, a) for a, b in m.node_pairs),
-                coupling=m.coupling.T.copy(),
-                cost=m.cost,
-                n_candidates=m.n_candidates,
-                method=m.method,
-            )
+        matching = None if self.matching_ is None else self.matching_.swapped()
         return Translation(
             self.coords_b_,
             self.coords_a_,
@@ -199,18 +188,8 @@ class Translation:
                 tensors.update({f"coords_{side}.{k}": v.clone() for k, v in t.items()})
                 meta["coordinates"][side] = m
             if self.matching_ is not None:
-                m = self.matching_
-                tensors.update(
-                    leaf_pairs=torch.as_tensor(np.asarray(m.leaf_pairs, dtype=np.int64)),
-                    confidence=torch.as_tensor(np.asarray(m.confidence, dtype=np.float64)),
-                    coupling=torch.as_tensor(np.asarray(m.coupling, dtype=np.float64)),
-                )
-                meta["matching"] = {
-                    "cost": float(m.cost),
-                    "n_candidates": int(m.n_candidates),
-                    "method": m.method,
-                    "node_pairs": [[str(a), str(b)] for a, b in m.node_pairs],
-                }
+                arrays, meta["matching"] = self.matching_.to_state()
+                tensors.update({k: torch.as_tensor(v) for k, v in arrays.items()})
             sides = [s for s, ae in (("a", self.autoencoder_a_), ("b", self.autoencoder_b_)) if ae]
             meta["autoencoders"] = sides
             save_state(tmp / "translation.safetensors", tensors, meta, kind="Translation")
@@ -302,21 +281,15 @@ def _load_matching(art: Any) -> TreeMatching:
     """The stored :class:`TreeMatching` of a Translation file, every entry checked."""
     mm = art.field("matching", dict)
     pairs = art.tensor("leaf_pairs", torch.int64, (None, 2))
-    m = len(pairs)
-    confidence = art.tensor("confidence", "float", (m,))
-    coupling = art.tensor("coupling", "float", (None, None))
-    node_pairs = art.field("node_pairs", list, mm)
-    if not all(isinstance(p, list) and len(p) == 2 for p in node_pairs):
-        raise art.error("'matching' entry 'node_pairs' must be a list of pairs")
-    return TreeMatching(
-        leaf_pairs=pairs.numpy(),
-        confidence=confidence.double().numpy(),
-        node_pairs=tuple(tuple(p) for p in node_pairs),
-        coupling=coupling.double().numpy(),
-        cost=float(art.field("cost", (int, float), mm)),
-        n_candidates=art.field("n_candidates", int, mm),
-        method=art.field("method", str, mm),
-    )
+    arrays = {
+        "leaf_pairs": pairs.numpy(),
+        "confidence": art.tensor("confidence", "float", (len(pairs),)).double().numpy(),
+        "coupling": art.tensor("coupling", "float", (None, None)).double().numpy(),
+    }
+    try:
+        return TreeMatching.from_state(arrays, mm)
+    except ValueError as err:
+        raise art.error(str(err)) from None
 
 
 # ---------------------------------------------------------------------- stages
@@ -370,7 +343,7 @@ def fit_trees(ae_a: Any, x_a: Tensor, ae_b: Any, x_b: Tensor, params: dict[str, 
     tree_params = {"seed": seed, **params.get("tree", {})}
     trees, modes = [], []
     for ae, x in ((ae_a, x_a), (ae_b, x_b)):
-        tree = DensityTree(**tree_params).fit(ae, x)
+        tree = DensityTree.from_autoencoder(ae, x, **tree_params)
         trees.append(tree)
         modes.append(np.asarray(tree.predict(ae.encode(x).double().numpy())))
     matching = match_trees(*trees, seed=seed, **params.get("match", {}))
@@ -548,7 +521,7 @@ def balance(
     s = settings
     matrix, bias = rotation, torch.zeros(rotation.shape[0], dtype=torch.float64)
     final = _mode_pairs_under_map(trees, u_a, u_b, matrix, bias, s.max_exact, seed)
-    if not (s.balance_steps and final.cost <= s.max_crossing and len(final.leaf_pairs)):
+    if not (s.balance_steps and final.crossing_mass <= s.max_crossing and len(final.leaf_pairs)):
         return matrix, bias, final, False
     _, _, _, modes_a, modes_b = trees
     lookup = [np.full(len(t.leaves_) + 1, -1, dtype=np.int64) for t in trees[:2]]
@@ -671,7 +644,7 @@ def translate(
         n_anchor_pairs=0 if known is None else len(known[0]),
         initialisation=kept,
         scores=scores,
-        crossing_mass=float(final.cost),
+        crossing_mass=float(final.crossing_mass),
         balanced=balanced,
         settings=asdict(s),
         seed=seed,

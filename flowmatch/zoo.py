@@ -27,7 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from flowmatch._io import ArtefactError, load_state, save_state
-from flowmatch.activations import ActivationSet, collect
+from flowmatch.activations import ActivationSet, collect, head_after
 
 __all__ = [
     "Dataset",
@@ -130,15 +130,6 @@ def build_model(spec: ModelSpec, n_features: int, n_classes: int = 10) -> nn.Seq
     else:
         raise KeyError(f"unknown architecture {spec.arch!r}; choose 'mlp' or 'cnn'")
     return nn.Sequential(layers)
-
-
-def head_after(model: nn.Sequential, layer: str) -> nn.Sequential:
-    """The part of ``model`` after submodule ``layer`` (shares parameters with ``model``)."""
-    names = [name for name, _ in model.named_children()]
-    if layer not in names:
-        raise KeyError(f"{layer!r} is not a top-level layer; choose from {names}")
-    head = nn.Sequential(OrderedDict(list(model.named_children())[names.index(layer) + 1 :]))
-    return head.eval()
 
 
 def cache_dir() -> Path:

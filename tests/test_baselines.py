@@ -11,8 +11,8 @@ from baselines import FitData, get_method, list_methods
 from baselines._linear import ScaledPCA, compose_map
 from baselines.cluster_pairs import match_clusters, translate_from_clusters
 from baselines.relative import relative_coordinates
-from flowmatch._validation import NotFittedError
 from flowmatch.gromov import gw_coupling
+from flowmatch.validation import NotFittedError
 
 BUNDLED = [
     "affine",

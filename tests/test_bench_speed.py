@@ -7,7 +7,7 @@ import argparse
 import numpy as np
 import pytest
 
-from flowmatch.benchmarks.speed import _size, rotated_mixture
+from benchmarks.speed import _size, rotated_mixture
 
 
 def test_rotated_mixture_hides_one_rotation_between_other_draws():

@@ -3,13 +3,12 @@ the parent never waits forever."""
 
 from __future__ import annotations
 
-import argparse
 import os
 import time
 
 import pytest
 
-from flowmatch.benchmarks._common import BenchmarkError, run_isolated
+from benchmarks._common import BenchmarkError, run_isolated
 
 
 def _fails(n: int) -> None:
@@ -51,22 +50,11 @@ def test_timeout_stops_the_worker():
 
 def test_tree_benchmark_ends_with_the_worker_error(monkeypatch):
     """Any worker failure hung `flowmatch bench tree`; now it ends with the error."""
-    from flowmatch.benchmarks import tree
+    from benchmarks import tree
 
     def broken(*args, **kwargs):
         raise MemoryError("out of memory at n=10")
 
     monkeypatch.setattr(tree, "_measure", broken)
-    args = argparse.Namespace(
-        sizes=[10],
-        quick=True,
-        dims=[2],
-        no_tomato=True,
-        k_neighbors=3,
-        threads=1,
-        seed=0,
-        budget=10.0,
-        timeout=60.0,
-    )
     with pytest.raises(BenchmarkError, match="density_tree at n=10, dim=2 failed.*MemoryError"):
-        tree._speed(args)
+        tree.measure_tree([10], [2], k_neighbors=3, threads=1, tomato=False, recovery_pair=None)

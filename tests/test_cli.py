@@ -133,9 +133,9 @@ def test_run_file_in_the_way(tmp_path, capsys, no_fitting):
 
 
 def test_bench_json_checked_before_running(tmp_path, capsys, monkeypatch):
-    import flowmatch.benchmarks.tree as tree
+    import benchmarks.tree as tree
 
-    monkeypatch.setattr(tree, "run", lambda args: pytest.fail("benchmark ran"))
+    monkeypatch.setattr(tree, "main", lambda args: pytest.fail("benchmark ran"))
     (tmp_path / "r.json").write_text('{"mine": true}')
     rc = main(["bench", "tree", "--json", str(tmp_path / "r.json")])
     assert "did not write" in _one_line_error(capsys, rc)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import logging
@@ -16,8 +15,8 @@ import torch
 from torch import Tensor, nn
 from torch.testing import assert_close
 
-from baselines.base import REGISTRY, FitData, Method, register
 from flowmatch.compare import ComparisonReport, compare, protocol_data
+from flowmatch.methods import REGISTRY, FitData, Method, register
 from flowmatch.zoo import Dataset, ModelPair, head_after
 
 
@@ -149,6 +148,24 @@ def test_a_failing_method_becomes_a_row(
     assert "&lt;b&gt;" in html and "<b>" not in html
 
 
+def test_compare_returns_the_fitted_methods(toy: ModelPair, broken: str) -> None:
+    """The report carries each fitted method (not serialised): its transform reproduces the
+    scored row; a method named in ``required`` raises instead of becoming a row."""
+    from flowmatch import metrics
+
+    report = compare(toy, methods=["procrustes", broken], progress=False)
+    assert set(report.methods) == {"affine", "procrustes"}  # the failed one is absent
+    pred = report.methods["procrustes"].transform(toy.activations("a", "test").x)
+    r2 = metrics.r2_score(pred, toy.activations("b", "test").x)
+    assert r2 == pytest.approx(report.row("procrustes").r2, abs=1e-12)
+    assert "methods" not in report.to_dict() and "procrustes" not in repr(report.methods.keys)
+    rows = report.to_rows()
+    assert [r["method"] for r in rows] == ["affine", "procrustes", broken]
+    assert rows[0]["pair"] == "toy" and rows[0]["paired_rows"] == 240 and "uses" in rows[0]
+    with pytest.raises(RuntimeError, match="deliberate failure"):
+        compare(toy, methods=[broken], progress=False, required=(broken,))
+
+
 def test_report_serialises(toy: ModelPair) -> None:
     report = compare(toy, methods=["affine"], seed=2, progress=False)
     assert isinstance(report, ComparisonReport)
@@ -173,16 +190,15 @@ def test_bad_requests_fail_before_running(toy: ModelPair) -> None:
 
 
 def test_benchmark_command_writes_json(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    from flowmatch.benchmarks import compare as bench
+    from benchmarks.cli import main
 
-    parser = argparse.ArgumentParser()
-    bench.add_arguments(parser)
     out = tmp_path / "cmp.json"
-    args = parser.parse_args(
-        ["--quick", "--methods", "procrustes", "--no-progress", "--json", str(out)]
-    )
-    result = bench.run(args)
+    argv = ["compare", "--quick", "--methods", "procrustes", "--no-progress", "--json", str(out)]
+    result = main(argv)
     saved = json.loads(out.read_text())
-    assert saved["reports"][0]["pair"] == "digits-mlp" == result["reports"][0]["pair"]
-    assert [r["method"] for r in saved["reports"][0]["rows"]] == ["affine", "procrustes"]
-    assert saved["reports"][0]["rows"][0]["stitched_accuracy"] > 0.9
+    reports = saved["result"]["reports"]
+    assert saved["benchmark"] == "compare" and saved["options"]["methods"] == ["procrustes"]
+    assert reports[0]["pair"] == "digits-mlp" == result.reports[0]["pair"]
+    assert [r["method"] for r in reports[0]["rows"]] == ["affine", "procrustes"]
+    assert reports[0]["rows"][0]["stitched_accuracy"] > 0.9
+    assert saved["environment"]["seed"] == 0 and saved["wall_seconds"] > 0

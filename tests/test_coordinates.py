@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from flowmatch._validation import NotFittedError
 from flowmatch.coordinates import MapCoordinates, choose_n_components, participation_ratio
+from flowmatch.validation import NotFittedError
 
 
 def _anisotropic(n=600, d=12, seed=0):

@@ -21,8 +21,8 @@ from baselines.lib import (
     modularity,
     pca_bases,
 )
-from flowmatch._validation import NotFittedError
 from flowmatch.metrics import r2_score
+from flowmatch.validation import NotFittedError
 
 
 def _inputs(n: int, d: int, seed: int = 1) -> torch.Tensor:

@@ -18,7 +18,7 @@ def _cloud(rng, centres, n_per=150):
 
 
 def _tree(z, logp):
-    return DensityTree(k_neighbors=10, min_prominence=1.0).fit_points(z, logp, x=z)
+    return DensityTree(k_neighbors=10, min_prominence=1.0).fit(z, log_density=logp, activations=z)
 
 
 def _leaf_cluster(tree, centres):
@@ -65,3 +65,55 @@ def test_bad_space_is_an_error():
     with pytest.raises(ValueError, match="space"):
         summarise_tree(t, "pixels")
     assert torch.is_tensor(torch.as_tensor(t.mode_centroids()))
+
+
+def _matching():
+    rng = np.random.default_rng(5)
+    ta, tb = _tree(*_cloud(rng, CENTRES)), _tree(*_cloud(rng, CENTRES[:4]))
+    return match_trees(ta, tb, seed=0)
+
+
+def test_objective_and_crossing_mass_are_separate_fields():
+    from flowmatch.matching import TreeMatching
+
+    m = _matching()
+    assert m.method == "exhaustive" and m.objective is not None and m.crossing_mass is None
+    assert m.cost == m.objective  # the former single field, kept while callers move
+    legacy = TreeMatching(m.leaf_pairs, m.confidence, (), m.coupling, 1, "transport", cost=0.25)
+    assert legacy.crossing_mass == 0.25 and legacy.objective is None and legacy.cost == 0.25
+
+
+def test_swapped_is_the_same_matching_from_the_other_side():
+    m = _matching()
+    s = m.swapped()
+    np.testing.assert_array_equal(s.leaf_pairs, m.leaf_pairs[:, ::-1])
+    np.testing.assert_array_equal(s.coupling, m.coupling.T)
+    assert s.node_pairs == tuple((b, a) for a, b in m.node_pairs)
+    np.testing.assert_array_equal(s.swapped().leaf_pairs, m.leaf_pairs)
+    assert (s.objective, s.method, s.n_candidates) == (m.objective, m.method, m.n_candidates)
+
+
+def test_state_round_trip_and_format_checks():
+    import json
+
+    from flowmatch.matching import MATCHING_FORMAT, TreeMatching
+
+    m = _matching()
+    arrays, meta = m.to_state()
+    assert meta["format"] == MATCHING_FORMAT and json.loads(json.dumps(meta)) == meta
+    back = TreeMatching.from_state(arrays, json.loads(json.dumps(meta)))
+    np.testing.assert_array_equal(back.leaf_pairs, m.leaf_pairs)
+    np.testing.assert_array_equal(back.coupling, m.coupling)
+    assert back.node_pairs == m.node_pairs and back.objective == m.objective
+    # the unversioned state of earlier Translation files: one "cost", node ids as strings
+    old = {k: meta[k] for k in ("n_candidates", "method")}
+    old.update(cost=0.5, node_pairs=[[str(a), str(b)] for a, b in m.node_pairs])
+    assert TreeMatching.from_state(arrays, old).objective == 0.5
+    with pytest.raises(ValueError, match="format 2; this flowmatch reads formats up to 1"):
+        TreeMatching.from_state(arrays, {**meta, "format": 2})
+    with pytest.raises(ValueError, match="'leaf_pairs' indexes leaves outside"):
+        TreeMatching.from_state({**arrays, "leaf_pairs": arrays["leaf_pairs"] + 9}, meta)
+    with pytest.raises(ValueError, match="'confidence' has shape"):
+        TreeMatching.from_state({**arrays, "confidence": np.zeros(1)}, meta)
+    with pytest.raises(ValueError, match="'method' must be str"):
+        TreeMatching.from_state(arrays, {**meta, "method": 3})

@@ -188,7 +188,7 @@ def test_model_file_replaces_its_own_kind(tmp_path, translation):
 
 
 def test_report_and_benchmark_json_replace_only_their_own(tmp_path):
-    from flowmatch.benchmarks._common import write_result
+    from benchmarks._common import write_result
     from flowmatch.report import Report
 
     html = tmp_path / "index.html"

@@ -14,7 +14,6 @@ import pytest
 import torch
 from scipy.optimize import quadratic_assignment
 
-from baselines import FitData, get_method, list_methods
 from baselines._sphere import (
     SphereCoordinates,
     inner_product_neighbours,
@@ -28,8 +27,9 @@ from baselines.wasserstein_procrustes import (
     stochastic_procrustes,
     wp_objective,
 )
-from flowmatch._validation import NotFittedError
+from flowmatch.methods import FitData, get_method, list_methods
 from flowmatch.qap import qap_objective, swap_gains, two_opt_batch
+from flowmatch.validation import NotFittedError
 
 PEERS = ["mini_vec2vec", "wasserstein_procrustes"]
 FAST_MV = dict(n_runs=10, n_refine=30, n_refine_clusters=100)

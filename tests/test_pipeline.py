@@ -82,6 +82,7 @@ def test_run_writes_every_artefact(first_run):
     assert not any("seconds" in key for r in metrics["comparison"] for key in r)
     timings = json.loads((run / "timings.json").read_text())
     assert set(timings["stages_seconds"]) == set(STAGES) - {"writing"}
+    assert metrics["flowmatch"]["crossing_mass"] is not None  # a transport matching
     fm = metrics["flowmatch"]
     assert 0 <= fm["stitched_accuracy"] <= 1 and -1 <= fm["cosine"] <= 1
     assert fm["n_matched"] == len(fm["matched_modes"]) <= min(fm["n_modes_a"], fm["n_modes_b"])
@@ -124,12 +125,12 @@ def test_report_has_every_section_and_figure(first_run):
     __import__("shutil").which("chromium") is None, reason="chromium is not installed"
 )
 def test_report_renders_in_chromium(first_run, tmp_path):
-    from test_report import render_in_chromium
+    from test_report import assert_legible, render_in_chromium
 
     config, _, _ = first_run
     seen = render_in_chromium(config.run_dir() / "report.html", tmp_path)
     assert len(seen["images"]) == 5
-    assert all(ok and w > 100 and h > 100 for ok, w, h in seen["images"])
+    assert_legible(seen["images"])
     assert seen["tables"] >= 4  # summary, matched modes, comparison, environment, timings
 
 

@@ -24,7 +24,7 @@ from baselines.polytope import (
     sample_class_paths,
     spline_codes,
 )
-from flowmatch._validation import NotFittedError
+from flowmatch.validation import NotFittedError
 
 
 def _one_layer_net(n_hidden: int = 7, seed: int = 0) -> nn.Sequential:
@@ -467,7 +467,7 @@ def test_method_bad_input():
 
 
 def test_layer_density_figure_has_a_panel_pair_per_model():
-    from flowmatch.benchmarks.polytope import layer_density_figure
+    from benchmarks.polytope import layer_density_figure
 
     net = _two_layer_net(seed=4)
     gen = torch.Generator().manual_seed(2)

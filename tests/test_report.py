@@ -20,10 +20,12 @@ from flowmatch.report import Report, figure_png, format_value
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 # Injected only into the copy that the browser renders: after load, write every image's decoded
-# size and the number of tables into the DOM, which --dump-dom then prints.
+# size, the size it is displayed at, and the number of tables into the DOM, which --dump-dom
+# then prints.
 _PROBE = """<script>
 window.addEventListener("load", () => {
-  const imgs = Array.from(document.images).map(i => [i.complete, i.naturalWidth, i.naturalHeight]);
+  const imgs = Array.from(document.images).map(
+    i => [i.complete, i.naturalWidth, i.naturalHeight, i.clientWidth, i.clientHeight]);
   const out = document.createElement("pre");
   out.id = "probe";
   out.textContent = JSON.stringify({images: imgs, tables: document.querySelectorAll("table").length,
@@ -49,9 +51,14 @@ def _embedded_pngs(text: str) -> list[bytes]:
     return [base64.b64decode(m) for m in re.findall(r'src="data:image/png;base64,([^"]+)"', text)]
 
 
+#: The browser window of the rendering checks: a laptop screen.
+WINDOW = (1400, 1000)
+
+
 def render_in_chromium(html_path: Path, tmp_path: Path) -> dict:
-    """Render ``html_path`` headless and return ``{"images": [[complete, w, h], ...],
-    "tables": n, "rows": n}`` as measured by the browser."""
+    """Render ``html_path`` headless in a :data:`WINDOW`-sized window and return
+    ``{"images": [[complete, w, h, shown_w, shown_h], ...], "tables": n, "rows": n}`` as
+    measured by the browser (``w, h``: decoded size; ``shown_*``: size on the page)."""
     probe = tmp_path / "probe.html"
     probe.write_text(html_path.read_text(encoding="utf-8").replace("</body>", _PROBE + "</body>"))
     cmd = [
@@ -66,6 +73,7 @@ def render_in_chromium(html_path: Path, tmp_path: Path) -> dict:
         "--disable-sync",
         f"--user-data-dir={tmp_path / 'chromium-profile'}",
         "--virtual-time-budget=10000",
+        f"--window-size={WINDOW[0]},{WINDOW[1]}",
         "--dump-dom",
         probe.as_uri(),
     ]
@@ -73,6 +81,16 @@ def render_in_chromium(html_path: Path, tmp_path: Path) -> dict:
     found = re.search(r'<pre id="probe">(.*?)</pre>', done.stdout, re.S)
     assert found, f"no probe output from chromium (rc={done.returncode}): {done.stderr[-2000:]}"
     return json.loads(found.group(1).replace("&quot;", '"'))
+
+
+def assert_legible(images: list) -> None:
+    """Every figure decodes, is the size of a figure (not a sliver, not a poster) and is shown
+    at no less than 3/4 of its size, so that its 8-point text (12 px at 110 dpi) stays at 9 px
+    or more on the page."""
+    for ok, w, h, shown_w, shown_h in images:
+        assert ok, "an image did not decode"
+        assert 500 <= w <= WINDOW[0] and 250 <= h <= 1100, (w, h)
+        assert shown_w / w >= 0.75 and shown_h / h >= 0.75, (w, h, shown_w, shown_h)
 
 
 # ---------------------------------------------------------------------- units
@@ -176,7 +194,7 @@ def test_chromium_renders_every_image_and_table(tmp_path):
     r.add_html("<table><tbody><tr><td>fragment</td></tr></tbody></table>")
     path = r.to_html(tmp_path / "report.html")
     seen = render_in_chromium(path, tmp_path)
-    assert seen["images"] == [[True, 300, 200], [True, 400, 160]]
+    assert seen["images"] == [[True, 300, 200, 300, 200], [True, 400, 160, 400, 160]]
     assert seen["tables"] == 2 and seen["rows"] == 3
 
 
@@ -190,3 +208,12 @@ def test_chromium_probe_detects_a_broken_image(tmp_path):
     )
     seen = render_in_chromium(path, tmp_path)
     assert seen["images"][0][1] == 0
+    with pytest.raises(AssertionError, match="did not decode|500 <= w"):
+        assert_legible(seen["images"])
+
+
+def test_legibility_check_refuses_a_squashed_figure():
+    """A figure twice the window's width is shown at half its size: refused."""
+    with pytest.raises(AssertionError):
+        assert_legible([[True, 2315, 484, 1115, 233]])
+    assert_legible([[True, 1375, 924, 1115, 749]])  # a 12.5-inch figure at 110 dpi passes

@@ -22,7 +22,7 @@ from baselines.rotation_sparsity import (
     rotated_network,
     sparsity_table,
 )
-from flowmatch._validation import NotFittedError
+from flowmatch.validation import NotFittedError
 
 
 def _random_rotation(d: int, seed: int) -> torch.Tensor:

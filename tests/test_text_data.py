@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from flowmatch.benchmarks import text_data as td
+from benchmarks import text_data as td
 
 WORDNET_INSTALLED = (td.WORDNET_DIR / "data.noun").exists()
 OPEN_2 = Path("/usr/share/man/man2/open.2.gz")
@@ -67,6 +67,23 @@ def test_missing_debian_package_message(monkeypatch):
     monkeypatch.setattr(td, "_dpkg_version", lambda pkg: None)
     with pytest.raises(td.MissingDataError, match="apt-get install manpages manpages-dev"):
         td.corpus_version("manpages")
+
+
+def test_bench_embeddings_says_in_one_line_what_is_missing(monkeypatch, capsys):
+    """`flowmatch bench embeddings` without the [text] extra or the Debian corpora ends in one
+    line naming what to install, before anything is loaded or printed."""
+    from flowmatch.cli import main
+
+    monkeypatch.setattr(td, "_dpkg_version", lambda pkg: "3.0")  # the corpus is there
+    monkeypatch.setattr(td, "_pip_version", lambda dist: None)
+    assert main(["bench", "embeddings", "--quick", "--corpus", "wordnet"]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.count("\n") == 1
+    assert err.startswith("flowmatch: error: ") and "pip install 'flowmatch[text]'" in err
+    monkeypatch.setattr(td, "_dpkg_version", lambda pkg: None)
+    assert main(["bench", "embeddings", "--quick", "--corpus", "manpages"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "apt-get install manpages manpages-dev groff-base" in err
 
 
 def test_parse_manpage_text_keeps_prose_paragraphs():

@@ -136,8 +136,8 @@ def test_bad_settings_and_inputs_are_named(rotation):
         t.score(test_a, test_b[:10])
     with pytest.raises(ValueError, match="outside"):
         translate(a, b, pairs=([0, 5000], [0, 1]), autoencoder_params=AE, progress=False)
-    from flowmatch._validation import NotFittedError
     from flowmatch.autoencoder import FlowAutoencoder
+    from flowmatch.validation import NotFittedError
 
     with pytest.raises(NotFittedError):
         translate(FlowAutoencoder(), FlowAutoencoder(), progress=False)

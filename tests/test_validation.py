@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from flowmatch import metrics
-from flowmatch._validation import as_matrix, resolve_device
 from flowmatch.autoencoder import FlowAutoencoder
 from flowmatch.density_tree import DensityTree
+from flowmatch.validation import as_matrix, resolve_device
 
 FAST = dict(latent_dim=2, hidden=8, n_components=2, max_steps=3, progress=False)
 
@@ -69,7 +69,7 @@ def test_autoencoder_parameters_are_checked_before_fitting(x, param, value, matc
 def test_density_tree_parameters_are_checked(param, value, match):
     z = np.random.default_rng(1).standard_normal((50, 2))
     with pytest.raises((TypeError, ValueError), match=match):
-        DensityTree(**{param: value}).fit_points(z, -np.sum(z**2, 1))
+        DensityTree(**{param: value}).fit(z, log_density=-np.sum(z**2, 1))
 
 
 def test_complex_input_is_refused(x):

@@ -10,16 +10,16 @@ and no trace estimator is needed. (With ``f = ∂H/∂p`` and ``g = −∂H/∂q
 Hamiltonian ``H = T(p) + V(q)`` this is a Hamiltonian system; the general form keeps the
 volume preservation and drops the weight tying.)
 
-The default solver is the Störmer–Verlet ("leapfrog") scheme, registered with torchdiffeq as
-``method="leapfrog"``. A leapfrog step is a composition of three shears (half kick of ``p``,
-drift of ``q``, half kick of ``p``), so the *discrete* map is exactly volume-preserving
-(log|det J| = 0 up to rounding) and is inverted exactly by integrating the same time grid
-backwards. Each shear evaluates only the half of the field it needs (``g(q)`` for a kick,
-``f(p)`` for a drift), and the closing kick of a step opens the next, so a step costs one
-evaluation of each half. Any other torchdiffeq method (``"rk4"``, ``"dopri5"`` with
-``rtol``/``atol`` ...) may be chosen; those evaluate the full field, integrate the same
-divergence-free ODE, and preserve volume only up to the solver error (measure it with
-:func:`log_det_jacobian`).
+The default solver is the Störmer–Verlet ("leapfrog") scheme, written here in plain torch
+(:func:`leapfrog`; ``method="leapfrog"``). A leapfrog step is a composition of three shears
+(half kick of ``p``, drift of ``q``, half kick of ``p``), so the *discrete* map is exactly
+volume-preserving (log|det J| = 0 up to rounding) and is inverted exactly by integrating the
+same time grid backwards. Each shear evaluates only the half of the field it needs (``g(q)``
+for a kick, ``f(p)`` for a drift), and the closing kick of a step opens the next, so a step
+costs one evaluation of each half. Any torchdiffeq method (``"rk4"``, ``"dopri5"`` with
+``rtol``/``atol`` ...) may be chosen instead, through ``torchdiffeq.odeint`` (its public API
+only); those evaluate the full field, integrate the same divergence-free ODE, and preserve
+volume only up to the solver error (measure it with :func:`log_det_jacobian`).
 
 References
 ----------
@@ -30,7 +30,6 @@ Hairer, Lubich, Wanner (2006). Geometric Numerical Integration, 2nd ed., ch. II 
 
 from __future__ import annotations
 
-import importlib
 import math
 from collections.abc import Callable
 from typing import Any
@@ -38,119 +37,81 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 from torchdiffeq import odeint
-from torchdiffeq._impl.misc import _null_callback, _PerturbFunc, _ReverseFunc
-from torchdiffeq._impl.solvers import FixedGridODESolver
 
-__all__ = ["DivergenceFreeCNF", "SeparableField", "Leapfrog", "log_det_jacobian", "uniform_grid"]
+__all__ = [
+    "METHODS",
+    "DivergenceFreeCNF",
+    "SeparableField",
+    "leapfrog",
+    "log_det_jacobian",
+    "uniform_grid",
+]
 
-_FIXED_GRID = {"leapfrog", "euler", "midpoint", "heun2", "heun3", "rk4", "explicit_adams"}
+#: torchdiffeq's fixed-grid methods (their grid is set with :func:`uniform_grid`).
+_FIXED_GRID = {"euler", "midpoint", "heun2", "heun3", "rk4", "explicit_adams", "implicit_adams"}
+#: Methods a :class:`DivergenceFreeCNF` accepts: the leapfrog of this module, and the methods
+#: torchdiffeq documents for ``odeint``.
+METHODS = (
+    "leapfrog", *sorted(_FIXED_GRID), "fixed_adams", "dopri5", "dopri8", "bosh3", "fehlberg2",
+    "adaptive_heun",
+)  # fmt: skip
 
 
-def _separable_parts(func) -> tuple[Any, float, float] | None:  # noqa: ANN001
-    """Unwrap torchdiffeq's time-reversal and dtype wrappers around a separable field.
+def leapfrog(func: Any, y0: Tensor, t0: float, t1: float, n_steps: int, n_q: int) -> Tensor:
+    """End state of the Störmer–Verlet (kick–drift–kick) scheme for a separable field.
 
-    Returns ``(field, sign, time_sign)`` such that ``func(t, y) == sign * field(time_sign * t,
-    y)``, when the innermost callable exposes its halves (``field.halves() -> (drift, kick)``,
-    see :meth:`SeparableField.halves`); else ``None``.
+    ``n_steps`` equal steps from ``t0`` to ``t1`` (``t1 < t0`` integrates backwards, which
+    inverts the forward map exactly). The state's last dimension is split at ``n_q`` into
+    ``(q, p)``; the field's ``q`` part must depend only on ``p`` (and ``t``) and its ``p`` part
+    only on ``q``. Each step is then exactly volume-preserving and time-reversible. The kick
+    that ends a step opens the next one (first-same-as-last).
+
+    Parameters
+    ----------
+    func : a field with ``halves() -> (drift, kick)``, ``drift(t, p) = dq/dt`` and
+        ``kick(t, q) = dp/dt`` (as :class:`SeparableField` has): a step then evaluates each half
+        once; or any callable ``f(t, y) -> dy/dt``, evaluated in full (three calls a step).
+    y0 : Tensor  # (n, dim) start state; t0, t1 : start and end times; n_q : size of q.
+
+    Returns
+    -------
+    Tensor  # (n, dim) state at ``t1``
     """
-    sign = time_sign = 1.0
-    while True:
-        if isinstance(func, _PerturbFunc):
-            func = func.base_func
-        elif isinstance(func, _ReverseFunc):
-            sign, time_sign = sign * float(func.mul), -time_sign
-            func = func.base_func
-        else:
-            break
-    if callable(getattr(func, "halves", None)):
-        return func, sign, time_sign
-    return None
+    if n_steps < 1:
+        raise ValueError(f"n_steps must be >= 1, got {n_steps}")
+    grid = torch.linspace(float(t0), float(t1), n_steps + 1, dtype=y0.dtype).tolist()
+    q, p = y0[..., :n_q], y0[..., n_q:]
+    halves = getattr(func, "halves", None)
+    if not (callable(halves) and getattr(func, "n_q", n_q) == n_q):
+        return _leapfrog_full(func, q, p, grid)
+    drift, kick = halves()
+    g = kick(grid[0], q)
+    for a, b in zip(grid[:-1], grid[1:]):
+        h = b - a
+        p = torch.add(p, g, alpha=0.5 * h)
+        q = torch.add(q, drift(0.5 * (a + b), p), alpha=h)
+        g = kick(b, q)
+        p = torch.add(p, g, alpha=0.5 * h)
+    return torch.cat([q, p], dim=-1)
 
 
-class Leapfrog(FixedGridODESolver):
-    """Störmer–Verlet (kick–drift–kick) fixed-grid solver for separable fields.
-
-    The state's last dimension is split at ``options["n_q"]`` into ``(q, p)``; the field's
-    ``q`` part must depend only on ``p`` (and ``t``) and its ``p`` part only on ``q``. Each
-    step is then exactly volume-preserving and time-reversible. The kick that ends a step is
-    reused to start the next one (first-same-as-last).
-
-    When the field exposes its two halves ``halves() -> (drift, kick)`` with ``drift(t, p) =
-    dq/dt`` and ``kick(t, q) = dp/dt`` (as :class:`SeparableField` does), a kick evaluates
-    only ``kick`` and a drift only ``drift``, so a step costs one evaluation of each half (one
-    full-field evaluation in all) and ``q``, ``p`` are carried separately between steps. Any
-    other callable ``f(t, y)`` is evaluated in full (two calls per step).
-    """
-
-    order = 2
-
-    def __init__(self, func, y0: Tensor, n_q: int | None = None, **kwargs):  # noqa: ANN001
-        if n_q is None:
-            raise ValueError("the leapfrog solver needs options={'n_q': size of q}")
-        super().__init__(func, y0, **kwargs)
-        self.n_q = int(n_q)
-        self._kick: tuple[Tensor, Tensor] | None = None
-
-    def _step_func(self, func, t0: Tensor, dt: Tensor, t1: Tensor, y0: Tensor):  # noqa: ANN001
-        """One step with full-field calls (generic path; also used for event handling)."""
-        m = self.n_q
-        q0, p0 = y0[..., :m], y0[..., m:]
-        if self._kick is not None and torch.equal(self._kick[0], t0):
-            f0 = self._kick[1]
-        else:
-            f0 = func(t0, y0)
-        p_half = p0 + 0.5 * dt * f0[..., m:]
-        f_half = func(t0 + 0.5 * dt, torch.cat([q0, p_half], dim=-1))
-        q1 = q0 + dt * f_half[..., :m]
-        f1 = func(t1, torch.cat([q1, p_half], dim=-1))
-        p1 = p_half + 0.5 * dt * f1[..., m:]
-        self._kick = (t1, f1)
-        return torch.cat([q1 - q0, p1 - p0], dim=-1), f0
-
-    def integrate(self, t: Tensor) -> Tensor:
-        """Solution at the times ``t``  # (len(t), *y0.shape)"""
-        parts = _separable_parts(self.func)
-        m = self.n_q
-        if parts is None or self.interp != "linear" or self.perturb:
-            return super().integrate(t)
-        field, sign, time_sign = parts
-        if getattr(field, "n_q", m) != m:
-            return super().integrate(t)
-        drift, kick = field.halves()
-        grid = self.grid_constructor(self.func, self.y0, t)
-        gl, tl = grid.tolist(), t.tolist()  # solver times as Python floats
-        if not (gl[0] == tl[0] and gl[-1] == tl[-1]):
-            raise ValueError("the time grid must start and end at t[0] and t[-1]")
-        callback = getattr(self.func, "callback_step", _null_callback)
-        times = [time_sign * s for s in gl]  # the field's own times
-        steps = [sign * (b - a) for a, b in zip(gl[:-1], gl[1:])]
-        out = [self.y0]
-        q, p = self.y0[..., :m], self.y0[..., m:]
-        g = None
-        j = 1
-        for i, h in enumerate(steps):
-            if callback is not _null_callback:
-                callback(grid[i], torch.cat([q, p], dim=-1), grid[i + 1] - grid[i])
-            q_prev, p_prev = q, p
-            if g is None:
-                g = kick(times[i], q)
-            p = torch.add(p, g, alpha=0.5 * h)
-            q = torch.add(q, drift(0.5 * (times[i] + times[i + 1]), p), alpha=h)
-            g = kick(times[i + 1], q)
-            p = torch.add(p, g, alpha=0.5 * h)
-            while j < len(tl) and gl[i + 1] >= tl[j]:
-                y1 = torch.cat([q, p], dim=-1)
-                if gl[i + 1] == tl[j]:
-                    out.append(y1)
-                else:
-                    y0 = torch.cat([q_prev, p_prev], dim=-1)
-                    out.append(self._linear_interp(grid[i], grid[i + 1], y0, y1, t[j]))
-                j += 1
-        return torch.stack(out)
+def _leapfrog_full(func: Any, q: Tensor, p: Tensor, grid: list[float]) -> Tensor:
+    """:func:`leapfrog` for a field given only as ``f(t, y)``."""
+    m = q.shape[-1]
+    dt = lambda v: torch.as_tensor(v, dtype=q.dtype, device=q.device)  # noqa: E731
+    g = func(dt(grid[0]), torch.cat([q, p], dim=-1))[..., m:]
+    for a, b in zip(grid[:-1], grid[1:]):
+        h = b - a
+        p = torch.add(p, g, alpha=0.5 * h)
+        q = torch.add(q, func(dt(0.5 * (a + b)), torch.cat([q, p], dim=-1))[..., :m], alpha=h)
+        g = func(dt(b), torch.cat([q, p], dim=-1))[..., m:]
+        p = torch.add(p, g, alpha=0.5 * h)
+    return torch.cat([q, p], dim=-1)
 
 
 def uniform_grid(n_steps: int) -> dict[str, Any]:
-    """torchdiffeq options for ``n_steps`` equal steps between the two output times.
+    """torchdiffeq options for ``n_steps`` equal steps between the two output times (its
+    documented ``grid_constructor`` option of the fixed-grid solvers).
 
     Asking for the end point only (``t = [t0, t1]``) rather than every grid point spares the
     solver from stacking, and the backward pass from differentiating, the intermediate states.
@@ -162,11 +123,6 @@ def uniform_grid(n_steps: int) -> dict[str, Any]:
         )
 
     return {"grid_constructor": grid}
-
-
-# Make ``torchdiffeq.odeint(..., method="leapfrog")`` available (adds one entry to its table).
-_SOLVERS: dict = importlib.import_module("torchdiffeq._impl.odeint").SOLVERS
-_SOLVERS.setdefault("leapfrog", Leapfrog)
 
 
 class SeparableField(nn.Module):
@@ -243,8 +199,9 @@ class DivergenceFreeCNF(nn.Module):
     dim : number of coordinates the flow acts on.
     hidden : hidden units of each of the two networks f and g.
     n_steps : steps of the fixed time grid on [0, 1] (fixed-grid methods).
-    method : torchdiffeq method; ``"leapfrog"`` (default) is exactly volume-preserving and
-        exactly invertible, the others only up to their discretisation error.
+    method : ``"leapfrog"`` (default, :func:`leapfrog`) is exactly volume-preserving and
+        exactly invertible; a torchdiffeq method (:data:`METHODS`) only up to its
+        discretisation error.
     rtol, atol : tolerances for adaptive methods (``"dopri5"`` ...).
     generator : seeds the initial weights. The output weights start at zero, so the
         freshly built flow is the identity map.
@@ -267,8 +224,8 @@ class DivergenceFreeCNF(nn.Module):
         generator: torch.Generator | None = None,
     ) -> None:
         super().__init__()
-        if method not in _SOLVERS:
-            raise ValueError(f"unknown ODE method {method!r}; choose from {sorted(_SOLVERS)}")
+        if method not in METHODS:
+            raise ValueError(f"unknown ODE method {method!r}; choose from {list(METHODS)}")
         if n_steps < 1:
             raise ValueError(f"n_steps must be >= 1, got {n_steps}")
         self.dim, self.method, self.n_steps = dim, method, int(n_steps)
@@ -276,10 +233,11 @@ class DivergenceFreeCNF(nn.Module):
         self.field = SeparableField(dim, hidden, generator)
 
     def _integrate(self, y: Tensor, reverse: bool) -> Tensor:
-        t = torch.tensor([1.0, 0.0] if reverse else [0.0, 1.0], dtype=y.dtype, device=y.device)
-        options: dict = uniform_grid(self.n_steps) if self.method in _FIXED_GRID else {}
+        t0, t1 = (1.0, 0.0) if reverse else (0.0, 1.0)
         if self.method == "leapfrog":
-            options["n_q"] = self.field.n_q
+            return leapfrog(self.field, y, t0, t1, self.n_steps, self.field.n_q)
+        t = torch.tensor([t0, t1], dtype=y.dtype, device=y.device)
+        options = uniform_grid(self.n_steps) if self.method in _FIXED_GRID else None
         return odeint(
             self.field, y, t, method=self.method, rtol=self.rtol, atol=self.atol, options=options
         )[-1]

@@ -33,8 +33,10 @@ CNF against FFJORD, in the same run:
 - *solver error of the FFJORD likelihood*: the integrated trace against the log-determinant
   of the Jacobian of the map that the solver actually computes, on a few held-out rows.
 
-Run ``python -m flowmatch.benchmarks.flow --pair digits-mlp --threads 1`` (``--quick`` for a
-smoke run).
+Run ``flowmatch bench flow --pair digits-mlp --threads 1`` (``--quick`` for a smoke run).
+The properties these figures stand for (the flows beat PCA + GMM on held-out likelihood, FFJORD's
+integrated trace matches its map's log-determinant) are tests in ``tests/test_flows.py`` and
+``tests/test_autoencoder.py``.
 
 References
 ----------
@@ -48,69 +50,86 @@ import argparse
 import math
 import time
 import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
-from flowmatch.benchmarks._common import (
-    environment,
-    nonnegative_int,
+from benchmarks._common import (
+    pair_names,
     positive_int,
     print_table,
-    run_as_script,
+    running,
     timer,
-    write_result,
 )
 
-__all__ = ["add_arguments", "run"]
+__all__ = ["FlowBench", "FlowSettings", "add_arguments", "main", "measure_flow", "pca_gmm"]
+
+_COLUMNS = ["method", "nll", "r2", "samples_per_s", "steps", "train_s", "epochs", "solver"]
+
+
+@dataclass(frozen=True)
+class FlowSettings:
+    """What every flow in the benchmark shares (same k, mixture, width, budget, minibatch)."""
+
+    # the model: latent width, mixture components, hidden width of every flow
+    latent_dim: int = 10
+    n_components: int = 12
+    hidden: int = 128
+    # the optimiser: step budget, minibatch, smoothing noise
+    max_steps: int = 1200
+    batch_size: int = 128
+    training_noise: float = 0.0
+    # the FFJORD reference's solver
+    ffjord_method: str = "rk4"
+    ffjord_steps: int = 8
+    device: str = "auto"
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class FlowBench:
+    """Every figure of the flow benchmark.
+
+    Attributes
+    ----------
+    rows : per method: held-out NLL (nats/dim), reconstruction R², samples/s, steps, times.
+    equal_wall_clock : FFJORD and the CNF retrained for FFJORD's optimiser time (or empty).
+    trained_step : one autoencoder step at the trained weights, per flow and solver.
+    flow_alone : one training step of each CNF alone on random data.
+    ffjord_solver_error : mean |integrated trace − log|det J|| of FFJORD's map (nats/dim).
+    """
+
+    rows: tuple[dict[str, Any], ...]
+    equal_wall_clock: tuple[dict[str, Any], ...]
+    trained_step: tuple[dict[str, Any], ...]
+    flow_alone: tuple[dict[str, Any], ...]
+    ffjord_solver_error: float | None
+
+
+_METHODS = ("cnf", "coupling", "pca+gmm", "ffjord")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Command-line options of the benchmark."""
-    parser.add_argument("--pair", default="digits-mlp", help="zoo pair (default digits-mlp)")
-    parser.add_argument("--side", default="a", choices=["a", "b"], help="which model's layer")
-    parser.add_argument("--quick", action="store_true", help="few steps, for a smoke run")
-    parser.add_argument("--json", default=None, help="write the result as JSON here")
-    parser.add_argument("--seed", type=nonnegative_int, default=0)
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--latent-dim", type=positive_int, default=10, help="k for every method")
-    parser.add_argument("--n-components", type=positive_int, default=12)
-    parser.add_argument("--hidden", type=positive_int, default=128, help="width of every flow")
-    parser.add_argument(
-        "--max-steps", type=positive_int, default=1200, help="optimiser steps per flow"
-    )
-    parser.add_argument(
-        "--batch-size", type=positive_int, default=128, help="minibatch of every flow"
-    )
-    parser.add_argument(
-        "--training-noise",
-        type=float,
-        default=0.0,
-        help="FlowAutoencoder training_noise for every flow (default 0)",
-    )
-    parser.add_argument(
-        "--ffjord-method", default="rk4", help="torchdiffeq method of the FFJORD reference"
-    )
-    parser.add_argument(
-        "--ffjord-steps",
-        type=positive_int,
-        default=8,
-        help="fixed-grid steps of the FFJORD reference",
-    )
-    parser.add_argument(
-        "--no-equal-time", action="store_true", help="skip the equal wall-clock CNF run"
-    )
-    parser.add_argument(
-        "--methods",
-        nargs="+",
-        default=["cnf", "coupling", "pca+gmm", "ffjord"],
-        help="subset of cnf, coupling, pca+gmm, ffjord",
-    )
-    parser.add_argument("--threads", type=positive_int, default=None, help="torch.set_num_threads")
+    """Command-line options of the benchmark (default pair: digits-mlp)."""
+    add = parser.add_argument
+    add("--side", default="a", choices=["a", "b"], help="which model's layer")
+    add("--device", default="auto")
+    add("--latent-dim", type=positive_int, default=10, help="k for every method")
+    add("--n-components", type=positive_int, default=12, help="mixture components")
+    add("--hidden", type=positive_int, default=128, help="width of every flow")
+    add("--max-steps", type=positive_int, default=1200, help="optimiser steps per flow")
+    add("--batch-size", type=positive_int, default=128, help="minibatch of every flow")
+    add("--training-noise", type=float, default=0.0, help="training_noise of every flow")
+    add("--ffjord-method", default="rk4", help="torchdiffeq method of the FFJORD reference")
+    add("--ffjord-steps", type=positive_int, default=8, help="fixed-grid steps of FFJORD")
+    add("--no-equal-time", action="store_true", help="skip the equal wall-clock CNF run")
+    add("--methods", nargs="+", default=list(_METHODS), help=f"subset of {', '.join(_METHODS)}")
 
 
-def _pca_gmm(
+def pca_gmm(
     x_tr: torch.Tensor,
     x_te: torch.Tensor,
     k: int,
@@ -152,10 +171,10 @@ def _pca_gmm(
     }
 
 
-def _solver_of(flow: str, args: argparse.Namespace) -> dict[str, Any]:
+def _solver_of(flow: str, settings: FlowSettings) -> dict[str, Any]:
     """Flow options (solver) of each flow in this benchmark."""
     if flow == "ffjord":
-        return {"method": args.ffjord_method, "n_steps": args.ffjord_steps}
+        return {"method": settings.ffjord_method, "n_steps": settings.ffjord_steps}
     return {}
 
 
@@ -169,23 +188,23 @@ def _describe_solver(flow: Any) -> str:  # noqa: ANN401
 
 
 def _flow_ae(
-    flow: str, x_tr: Any, x_te: Any, args: argparse.Namespace, **overrides: Any
+    flow: str, x_tr: Any, x_te: Any, settings: FlowSettings, **overrides: Any
 ) -> tuple[dict[str, Any], Any]:
     from flowmatch.autoencoder import FlowAutoencoder
     from flowmatch.metrics import r2_score
 
-    params = dict(
-        latent_dim=args.latent_dim,
+    params: dict[str, Any] = dict(
+        latent_dim=settings.latent_dim,
         flow=flow,
-        n_components=args.n_components,
-        hidden=args.hidden,
-        batch_size=args.batch_size,
-        max_steps=args.max_steps,
-        training_noise=args.training_noise,
-        flow_options=_solver_of(flow, args) or None,
+        n_components=settings.n_components,
+        hidden=settings.hidden,
+        batch_size=settings.batch_size,
+        max_steps=settings.max_steps,
+        training_noise=settings.training_noise,
+        flow_options=_solver_of(flow, settings) or None,
         progress=False,
-        device=args.device,
-        seed=args.seed,
+        device=settings.device,
+        seed=settings.seed,
     )
     params.update(overrides)
     ae = FlowAutoencoder(**params)
@@ -301,8 +320,8 @@ def _step_throughput(
 ) -> tuple[float, str]:
     """Training samples/s of one flow alone (NLL under N(0, I), Adam step, random data) and
     its solver."""
-    from flowmatch._validation import resolve_device
     from flowmatch.flows import get_flow
+    from flowmatch.validation import resolve_device
 
     dev = resolve_device(device)
     gen = torch.Generator().manual_seed(0)
@@ -329,159 +348,141 @@ def _step_throughput(
     return batch / float(np.median(times)), _describe_solver(flow)
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
+def _equal_time(
+    models: dict[str, Any], by: dict[str, Any], x_tr: Any, x_te: Any, settings: FlowSettings
+) -> list[dict[str, Any]]:
+    """The CNF retrained for the optimiser time FFJORD spent, beside FFJORD."""
+    budget = by["ffjord"]["train_s"]
+    res, _ = _flow_ae(
+        "cnf", x_tr, x_te, settings, max_steps=None, max_time=budget, max_epochs=10**6,
+        patience=10**6,
+    )  # fmt: skip
+    return [
+        {"method": "ffjord", **{k: by["ffjord"][k] for k in _COLUMNS[1:]}},
+        {"method": "cnf", "budget_s": budget, **{k: res[k] for k in _COLUMNS[1:]}},
+    ]
+
+
+def _trained_steps(
+    models: dict[str, Any], x_tr: Any, settings: FlowSettings, quick: bool
+) -> list[dict[str, Any]]:
+    """One autoencoder step at the trained weights: CNF, FFJORD as trained, FFJORD dopri5."""
+    reps = 3 if quick else 9
+    cnf_row = _trained_step_throughput(models["cnf"], x_tr, reps)
+    trained = [{"flow": "cnf", **cnf_row}]
+    trained.append({"flow": "ffjord", **_trained_step_throughput(models["ffjord"], x_tr, reps)})
+    if settings.ffjord_method != "dopri5":
+        faithful = _trained_step_throughput(
+            models["ffjord"], x_tr, 2 if quick else 5, method="dopri5", rtol=1e-5, atol=1e-5
+        )
+        trained.append({"flow": "ffjord", **faithful})
+    for row in trained:
+        row["cnf_speedup"] = cnf_row["samples_per_s"] / row["samples_per_s"]
+    return trained
+
+
+def _flows_alone(settings: FlowSettings, quick: bool) -> list[dict[str, Any]]:
+    speed: list[dict[str, Any]] = []
+    for name in ("cnf", "ffjord"):
+        sps, flow_solver = _step_throughput(
+            name, 64, settings.hidden, 256, settings.device, 3 if quick else 9,
+            **_solver_of(name, settings),
+        )  # fmt: skip
+        speed.append(
+            {"flow": name, "d_flow": 64, "hidden": settings.hidden, "batch": 256,
+             "solver": flow_solver, "samples_per_s": sps}
+        )  # fmt: skip
+    speed[0]["speedup_vs_ffjord"] = speed[0]["samples_per_s"] / speed[1]["samples_per_s"]
+    return speed
+
+
+def measure_flow(
+    x_tr: torch.Tensor,
+    x_te: torch.Tensor,
+    settings: FlowSettings = FlowSettings(),
+    *,
+    methods: Sequence[str] = _METHODS,
+    equal_time: bool = True,
+    quick: bool = False,
+) -> FlowBench:
+    """Train every method on ``x_tr`` (n, d), score on ``x_te``; with both CNFs, the equal
+    wall-clock run, the step throughputs and FFJORD's solver error."""
+    rows, models = [], {}
+    for method in methods:
+        if method == "pca+gmm":
+            k, n_comp = settings.latent_dim, settings.n_components
+            res = pca_gmm(x_tr, x_te, k, n_comp, settings.seed)
+        else:
+            res, models[method] = _flow_ae(method, x_tr, x_te, settings)
+        rows.append({"method": method, **res})
+        print(f"  {method}: done in {res['fit_s']:.1f}s", flush=True)
+    both = "cnf" in models and "ffjord" in models
+    by = {r["method"]: r for r in rows}
+    return FlowBench(
+        rows=tuple(rows),
+        equal_wall_clock=tuple(
+            _equal_time(models, by, x_tr, x_te, settings) if both and equal_time else ()
+        ),
+        trained_step=tuple(_trained_steps(models, x_tr, settings, quick) if both else ()),
+        flow_alone=tuple(_flows_alone(settings, quick) if both else ()),
+        ffjord_solver_error=_ffjord_solver_error(models["ffjord"], x_te) if both else None,
+    )
+
+
+def _print(result: FlowBench, settings: FlowSettings, where: str) -> None:
+    print_table(
+        f"{where}: held-out NLL (nats/dim), R² at k={settings.latent_dim}; rule: same "
+        f"optimiser-step budget ({settings.max_steps} steps, batch {settings.batch_size})",
+        result.rows,
+        _COLUMNS,
+    )
+    if result.equal_wall_clock:
+        print_table(
+            "equal wall-clock: cnf trained for the seconds that ffjord spent in its optimiser "
+            "steps (cnf's validation passes count against its budget); both use their whole "
+            "budget and restore their best validation epoch",
+            result.equal_wall_clock,
+            ["method", "budget_s", *_COLUMNS[1:]],
+        )
+    if result.trained_step:
+        print_table(
+            f"one autoencoder training step at the trained weights (batch "
+            f"{settings.batch_size}, median; nfe_forward = field evaluations of one forward "
+            "solve)",
+            result.trained_step,
+        )
+    if result.flow_alone:
+        print_table("flow alone, one training step on random data (median)", result.flow_alone)
+    if result.ffjord_solver_error is not None:
+        error = result.ffjord_solver_error
+        print(f"\nFFJORD |integrated trace − log|det J||: {error:.3g} nats/dim")
+
+
+def main(args: argparse.Namespace) -> FlowBench:
     """Train every method on one zoo activation set; print and return the figures."""
     from flowmatch.zoo import load_pair
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    if args.quick:
-        args.max_steps = min(args.max_steps, 60)
-    t_start = time.perf_counter()
-    env = environment(args.seed, None if args.device == "auto" else args.device)
-    print("environment:", ", ".join(f"{k}={v}" for k, v in env.items()))
-    pair = load_pair(args.pair)
-    acts_tr, acts_te = pair.activations(args.side, "train"), pair.activations(args.side, "test")
-    x_tr, x_te = acts_tr.x, acts_te.x
-    if args.quick:
-        x_tr = x_tr[:800]
-    print(
-        f"pair={args.pair} side={args.side} layer=hidden train={tuple(x_tr.shape)} "
-        f"test={tuple(x_te.shape)} k={args.latent_dim} K={args.n_components} "
-        f"hidden={args.hidden} batch={args.batch_size} max_steps={args.max_steps}"
-    )
-    rows, models = [], {}
-    for method in args.methods:
-        if method == "pca+gmm":
-            res = _pca_gmm(x_tr, x_te, args.latent_dim, args.n_components, args.seed)
-        else:
-            res, models[method] = _flow_ae(method, x_tr, x_te, args)
-        rows.append({"method": method, **res})
-        print(f"  {method}: done in {res['fit_s']:.1f}s", flush=True)
-    cols = ["method", "nll", "r2", "samples_per_s", "steps", "train_s", "epochs", "solver"]
-    print_table(
-        f"{args.pair}/{args.side}: held-out NLL (nats/dim), R² at k={args.latent_dim}; "
-        f"rule: same optimiser-step budget ({args.max_steps} steps, batch {args.batch_size})",
-        rows,
-        cols,
-    )
-    by = {r["method"]: r for r in rows}
-    cnf_vs_ffjord = "cnf" in models and "ffjord" in models
-
-    equal_time: list[dict[str, Any]] = []
-    if cnf_vs_ffjord and not args.no_equal_time:
-        budget = by["ffjord"]["train_s"]
-        res, _ = _flow_ae(
-            "cnf",
-            x_tr,
-            x_te,
-            args,
-            max_steps=None,
-            max_time=budget,
-            max_epochs=10**6,
-            patience=10**6,
+    settings = FlowSettings(
+        latent_dim=args.latent_dim, n_components=args.n_components, hidden=args.hidden,
+        max_steps=min(args.max_steps, 60) if args.quick else args.max_steps,
+        batch_size=args.batch_size, training_noise=args.training_noise,
+        ffjord_method=args.ffjord_method, ffjord_steps=args.ffjord_steps, device=args.device,
+        seed=args.seed,
+    )  # fmt: skip
+    name = pair_names(args, ["digits-mlp"])[0]
+    device = None if args.device == "auto" else args.device
+    with running("flow", args, device) as run:
+        pair = load_pair(name)
+        x_tr = pair.activations(args.side, "train").x
+        x_te = pair.activations(args.side, "test").x
+        x_tr = x_tr[:800] if args.quick else x_tr
+        print(
+            f"pair={name} side={args.side} train={tuple(x_tr.shape)} test={tuple(x_te.shape)} "
+            f"{settings}"
         )
-        equal_time = [
-            {"method": "ffjord", **{k: by["ffjord"][k] for k in cols[1:]}},
-            {"method": "cnf", **{k: res[k] for k in cols[1:]}},
-        ]
-        print_table(
-            f"equal wall-clock: cnf trained for the {budget:.1f}s that ffjord spent in its "
-            "optimiser steps (cnf's validation passes count against its budget); both use "
-            "their whole budget and restore their best validation epoch",
-            equal_time,
-            cols,
-        )
-
-    trained: list[dict[str, Any]] = []
-    if cnf_vs_ffjord:
-        reps = 3 if args.quick else 9
-        cnf_row = _trained_step_throughput(models["cnf"], x_tr, reps)
-        trained.append({"flow": "cnf", **cnf_row})
-        trained.append({"flow": "ffjord", **_trained_step_throughput(models["ffjord"], x_tr, reps)})
-        if args.ffjord_method != "dopri5":
-            faithful = _trained_step_throughput(
-                models["ffjord"],
-                x_tr,
-                2 if args.quick else 5,
-                method="dopri5",
-                rtol=1e-5,
-                atol=1e-5,
-            )
-            trained.append({"flow": "ffjord", **faithful})
-        for row in trained:
-            row["cnf_speedup"] = cnf_row["samples_per_s"] / row["samples_per_s"]
-        print_table(
-            f"one autoencoder training step at the trained weights (batch {args.batch_size}, "
-            "median; nfe_forward = field evaluations of one forward solve)",
-            trained,
-        )
-
-    speed = []
-    if cnf_vs_ffjord:
-        reps = 3 if args.quick else 9
-        for name in ("cnf", "ffjord"):
-            opts = _solver_of(name, args)
-            sps, flow_solver = _step_throughput(
-                name, 64, args.hidden, 256, args.device, reps, **opts
-            )
-            speed.append(
-                {
-                    "flow": name,
-                    "d_flow": 64,
-                    "hidden": args.hidden,
-                    "batch": 256,
-                    "solver": flow_solver,
-                    "samples_per_s": sps,
-                }
-            )
-        speed[0]["speedup_vs_ffjord"] = speed[0]["samples_per_s"] / speed[1]["samples_per_s"]
-        print_table("flow alone, one training step on random data (median)", speed)
-
-    checks: dict[str, Any] = {}
-    if cnf_vs_ffjord:
-        checks["ffjord_logdet_solver_error_nats_per_dim"] = _ffjord_solver_error(
-            models["ffjord"], x_te
-        )
-    if "pca+gmm" in by:
-        for m in ("cnf", "coupling"):
-            if m in by:
-                checks[f"{m}_nll_better_than_pca_gmm"] = by[m]["nll"] < by["pca+gmm"]["nll"]
-                checks[f"{m}_r2_at_least_pca"] = by[m]["r2"] >= by["pca+gmm"]["r2"]
-    if cnf_vs_ffjord:
-        checks["cnf_speedup_in_autoencoder"] = (
-            by["cnf"]["samples_per_s"] / by["ffjord"]["samples_per_s"]
-        )
-        checks["cnf_nll_le_ffjord_same_steps"] = by["cnf"]["nll"] <= by["ffjord"]["nll"]
-        if equal_time:
-            checks["cnf_nll_le_ffjord_equal_time"] = equal_time[1]["nll"] <= equal_time[0]["nll"]
-        checks["cnf_speedup_trained_step_vs_ffjord"] = trained[1]["cnf_speedup"]
-        if len(trained) > 2:
-            checks["cnf_speedup_trained_step_vs_ffjord_dopri5"] = trained[2]["cnf_speedup"]
-    if speed:
-        checks["cnf_speedup_flow_alone"] = speed[0]["speedup_vs_ffjord"]
-    wall = time.perf_counter() - t_start
-    print(
-        "\nchecks:",
-        ", ".join(
-            f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in checks.items()
-        ),
-    )
-    print(f"wall time: {wall:.1f}s")
-    result = {
-        "benchmark": "flow",
-        "environment": env,
-        "args": vars(args),
-        "rows": rows,
-        "equal_wall_clock": equal_time,
-        "trained_step": trained,
-        "flow_alone": speed,
-        "checks": checks,
-        "wall_s": wall,
-    }
-    write_result(args.json, result)
-    return result
-
-
-if __name__ == "__main__":
-    run_as_script(__doc__, add_arguments, run)
+        run.result = measure_flow(
+            x_tr, x_te, settings, methods=args.methods, equal_time=not args.no_equal_time,
+            quick=args.quick,
+        )  # fmt: skip
+        _print(run.result, settings, f"{name}/{args.side}")
+    return run.result

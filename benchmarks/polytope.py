@@ -22,7 +22,7 @@ A model that appears in two pairs is measured once. Figures (``--out DIR``): den
 along the paths per pair, intra/inter means with their intervals for all models, and the
 per-layer densities and ratios (:func:`layer_density_figure`).
 
-Run: ``python -m flowmatch.benchmarks.polytope --out figures/polytope --json polytope.json``.
+Run: ``flowmatch bench polytope --out figures/polytope --json polytope.json``.
 
 References
 ----------
@@ -32,9 +32,9 @@ Black et al. (2022). Interpreting neural networks through the polytope lens. arX
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -51,25 +51,60 @@ from baselines.polytope import (
     path_density,
     spline_codes,
 )
-from flowmatch._validation import resolve_device, seed_everything
-from flowmatch.benchmarks._common import (
-    environment,
+from benchmarks._common import (
     nonnegative_int,
+    pair_names,
     positive_int,
     print_table,
-    run_as_script,
+    running,
     timer,
-    write_result,
 )
 from flowmatch.outputs import figures_folder
-from flowmatch.zoo import ModelSpec, build_model, list_pairs, load_pair
+from flowmatch.validation import resolve_device, seed_everything
+from flowmatch.zoo import ModelSpec, build_model, load_pair
 
-__all__ = ["add_arguments", "layer_density_figure", "run"]
+__all__ = [
+    "PolytopeBench",
+    "PolytopeSettings",
+    "add_arguments",
+    "layer_density_figure",
+    "main",
+    "measure_polytope",
+]
+
+
+@dataclass(frozen=True)
+class PolytopeSettings:
+    """Options of the measurements (see ``add_arguments`` for each)."""
+
+    n_pairs: int = 300
+    n_steps: int = 256
+    count: str = "hamming"
+    n_boot: int = 2000
+    n_cluster: int = 1500
+    min_cluster_size: int = 15
+    k: int = 10
+    control: bool = True
+    check_paths: int = 100
+    seed: int = 0
+    device: str = "auto"
+    progress: bool = True
+
+
+@dataclass(frozen=True)
+class PolytopeBench:
+    """Rows of every table: whole-code densities (with per-layer rows), cluster purities, the
+    comparison rows; notes and the figures written."""
+
+    density: list[dict[str, Any]] = field(default_factory=list)
+    clusters: list[dict[str, Any]] = field(default_factory=list)
+    method: list[dict[str, Any]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    figures: list[str] = field(default_factory=list)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Command-line options of the polytope benchmark."""
-    parser.add_argument("--pairs", nargs="*", default=None, help="zoo pairs (default: all)")
+    """Command-line options of the polytope benchmark (default pairs: every pair)."""
     parser.add_argument(
         "--n-pairs",
         type=nonnegative_int,
@@ -94,15 +129,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=100,
         help="paths of each kind re-measured at twice --n-steps (resolution check; 0 skips)",
     )
-    parser.add_argument("--seed", type=nonnegative_int, default=0)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--out", default=None, help="directory for PNG figures")
-    parser.add_argument("--json", default=None, help="write results to this JSON file")
     parser.add_argument("--no-progress", action="store_true")
 
 
 # ----------------------------------------------------------------------------- pieces
-def _raw_clusters(acts: np.ndarray, y: np.ndarray, args: argparse.Namespace) -> dict[str, Any]:
+def _raw_clusters(acts: np.ndarray, y: np.ndarray, args: PolytopeSettings) -> dict[str, Any]:
     from sklearn.cluster import HDBSCAN, KMeans
 
     out = {}
@@ -120,8 +153,6 @@ def _density_tree_modes(acts: np.ndarray, y: np.ndarray, seed: int) -> tuple[Any
     """Modes of a DensityTree on the activations' top principal components, with a kNN
     log-density (flow autoencoder latents are used by the main pipeline; this is the same tree
     on a simpler density)."""
-    if importlib.util.find_spec("flowmatch.density_tree") is None:
-        return None, "flowmatch.density_tree not available"
     from sklearn.decomposition import PCA
     from sklearn.neighbors import NearestNeighbors
 
@@ -132,7 +163,7 @@ def _density_tree_modes(acts: np.ndarray, y: np.ndarray, seed: int) -> tuple[Any
     k = 15
     dist, _ = NearestNeighbors(n_neighbors=k + 1).fit(z).kneighbors(z)
     log_density = -k_dim * np.log(np.maximum(dist[:, -1], 1e-12))
-    tree = DensityTree(k_neighbors=k, seed=seed).fit_points(z, log_density, y)
+    tree = DensityTree(k_neighbors=k, seed=seed).fit(z, y, log_density=log_density)
     note = (
         f"density_tree: modes of flowmatch.density_tree.DensityTree (gap-rule pruning) on the top "
         f"{k_dim} principal components of the activations with a {k}-NN log-density estimate, "
@@ -141,7 +172,7 @@ def _density_tree_modes(acts: np.ndarray, y: np.ndarray, seed: int) -> tuple[Any
     return cluster_purity(tree.labels_, y[tree.fit_index_]), note
 
 
-def _method_rows(pair: Any, args: argparse.Namespace) -> list[dict[str, Any]]:
+def _method_rows(pair: Any, args: PolytopeSettings) -> list[dict[str, Any]]:
     """Rows of ``flowmatch.compare`` for the method "polytope" (and cluster_pairs, which matches
     k-means clusters of raw activations the same way), beside the supervised reference."""
     from flowmatch.compare import compare
@@ -153,24 +184,7 @@ def _method_rows(pair: Any, args: argparse.Namespace) -> list[dict[str, Any]]:
         method_params={"polytope": {"n_clusters": args.k, "device": args.device}},
         progress=False,
     )
-    rows = []
-    for r in report.rows:
-        rows.append(
-            {
-                "pair": pair.name,
-                "method": r.method,
-                "paired rows": r.paired_rows,
-                "uses": r.uses,
-                "stitched acc": r.stitched_accuracy,
-                "relative stitching": r.relative_stitching,
-                "r2": r.r2,
-                "cosine": r.cosine,
-                "top1": r.top1,
-                "fit_s": r.fit_seconds,
-                "error": r.error or "",
-            }
-        )
-    return rows
+    return report.to_rows()
 
 
 def _ci_text(ci: MeanCI) -> str:
@@ -185,7 +199,7 @@ def _untrained(info: dict[str, Any], n_features: int) -> torch.nn.Module:
 
 
 def _resolution_change(
-    model: Any, x: torch.Tensor, res: ClassPathDensity, args: argparse.Namespace
+    model: Any, x: torch.Tensor, res: ClassPathDensity, args: PolytopeSettings
 ) -> np.ndarray:
     """Relative change of each layer's total flips, then of the whole code's, when the first
     ``--check-paths`` paths of each kind are re-measured with twice the points
@@ -209,10 +223,10 @@ def _layer_rows(
     res: ClassPathDensity,
     control: ClassPathDensity | None,
     resolution: np.ndarray | None,
-    args: argparse.Namespace,
+    args: PolytopeSettings,
 ) -> list[dict[str, Any]]:
     """One row per layer (and the whole code): densities, ratios and their intervals."""
-    ci = dict(n_boot=args.n_boot, seed=args.seed)
+    ci: dict[str, Any] = dict(n_boot=args.n_boot, seed=args.seed)
     by_input = res.layer_ratios("input", **ci)
     by_preact = res.layer_ratios("preact", whole=False, **ci)
     by_control = control.layer_ratios("input", **ci) if control is not None else None
@@ -399,18 +413,18 @@ def _analyse_model(
     layer: str,
     x: torch.Tensor,
     y: torch.Tensor,
-    args: argparse.Namespace,
+    args: PolytopeSettings,
 ) -> dict[str, Any]:
     """Density, per-layer and cluster figures of one model."""
     from flowmatch.activations import collect
 
     kw = dict(
         n_pairs=args.n_pairs, n_steps=args.n_steps, count=args.count, n_boot=args.n_boot,
-        seed=args.seed, device=args.device, progress=not args.no_progress,
+        seed=args.seed, device=args.device, progress=args.progress,
     )  # fmt: skip
     res = class_path_density(model, x, y, **kw)  # type: ignore[arg-type]
     control = None
-    if not args.no_control:
+    if args.control:
         control = class_path_density(_untrained(info, x.shape[1]), x, y, **kw)  # type: ignore[arg-type]
     resolution = _resolution_change(model, x, res, args) if args.check_paths > 0 else None
     layer_rows = _layer_rows(res, control, resolution, args)
@@ -458,85 +472,91 @@ def _analyse_model(
     return {"row": row, "clusters": clusters, "res": res, "control": control, "note": tree_note}
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
-    """Run the benchmark; print tables; save figures and JSON when asked."""
-    seed_everything(args.seed)
-    device = str(resolve_device(args.device))
-    env = environment(args.seed, device)
-    print("environment:", env)
-    out = figures_folder(args.out) if args.out else None
-    rows: list[dict[str, Any]] = []
-    cluster_rows: list[dict[str, Any]] = []
-    method_rows: list[dict[str, Any]] = []
-    figures: list[str] = []
-    notes: list[str] = []
-    have_method = all(
-        importlib.util.find_spec(m) is not None
-        for m in ("baselines.cluster_pairs", "flowmatch.compare")
-    )
+def _measure_pair(
+    name: str,
+    settings: PolytopeSettings,
+    done: dict[str, dict[str, Any]],
+    res: PolytopeBench,
+    panels: list[tuple[str, ClassPathDensity, ClassPathDensity | None]],
+) -> dict[str, ClassPathDensity]:
+    """Both models of pair ``name`` (a model measured before is reused from ``done``)."""
+    pair = load_pair(name)
+    x, y = pair.data.x_test, pair.data.y_test
+    per_model = {}
+    for side, model, layer, info in (
+        ("a", pair.model_a, pair.layer_a, pair.info_a),
+        ("b", pair.model_b, pair.layer_b, pair.info_b),
+    ):
+        key = json.dumps([info["spec"], layer], sort_keys=True)
+        tag = {"pair": name, "model": f"{side} ({info['spec']['arch']})"}
+        if key in done:
+            first = done[key]
+            res.density.append({**first["row"], **tag, "same as": first["tag"], "seconds": 0.0})
+            per_model[side] = first["res"]
+            continue
+        with timer() as t:
+            out_m = _analyse_model(model, info, layer, x, y, settings)
+        out_m["tag"] = f"{tag['pair']} {tag['model']}"
+        out_m["row"] = {**tag, **out_m["row"], "same as": "", "seconds": t["seconds"]}
+        done[key] = out_m
+        res.density.append(out_m["row"])
+        res.clusters.extend(
+            {**tag, "clustering": k, **v.as_dict()} for k, v in out_m["clusters"].items()
+        )
+        per_model[side] = out_m["res"]
+        panels.append((out_m["tag"], out_m["res"], out_m["control"]))
+        if out_m["note"] not in res.notes:
+            res.notes.append(out_m["note"])
+    return per_model
+
+
+def measure_polytope(
+    pairs: Sequence[str],
+    settings: PolytopeSettings = PolytopeSettings(),
+    *,
+    method_rows: bool = True,
+    out: Path | None = None,
+) -> PolytopeBench:
+    """Every model of ``pairs`` measured once; comparison rows per pair; figures in ``out``."""
+    seed_everything(settings.seed)
+    res = PolytopeBench()
     done: dict[str, dict[str, Any]] = {}  # one measurement per distinct model
     panels: list[tuple[str, ClassPathDensity, ClassPathDensity | None]] = []
-    with timer() as total:
-        for name in args.pairs or list_pairs():
-            pair = load_pair(name)
-            x, y = pair.data.x_test, pair.data.y_test
-            per_model = {}
-            for side, model, layer, info in (
-                ("a", pair.model_a, pair.layer_a, pair.info_a),
-                ("b", pair.model_b, pair.layer_b, pair.info_b),
-            ):
-                key = json.dumps([info["spec"], layer], sort_keys=True)
-                tag = {"pair": name, "model": f"{side} ({info['spec']['arch']})"}
-                if key in done:
-                    first = done[key]
-                    rows.append({**first["row"], **tag, "same as": first["tag"], "seconds": 0.0})
-                    per_model[side] = first["res"]
-                    continue
-                with timer() as t:
-                    out_m = _analyse_model(model, info, layer, x, y, args)
-                out_m["tag"] = f"{tag['pair']} {tag['model']}"
-                out_m["row"] = {**tag, **out_m["row"], "same as": "", "seconds": t["seconds"]}
-                done[key] = out_m
-                rows.append(out_m["row"])
-                cluster_rows.extend(
-                    {**tag, "clustering": k, **v.as_dict()} for k, v in out_m["clusters"].items()
-                )
-                per_model[side] = out_m["res"]
-                panels.append((out_m["tag"], out_m["res"], out_m["control"]))
-                if out_m["note"] not in notes:
-                    notes.append(out_m["note"])
-            if out is not None:
-                figures.append(str(_plot_profiles(name, per_model, out)))
-            if args.no_method:
-                continue
-            if have_method:
-                method_rows.extend(_method_rows(pair, args))
-            elif "flowmatch.compare or baselines.cluster_pairs missing: no table row" not in notes:
-                notes.append("flowmatch.compare or baselines.cluster_pairs missing: no table row")
-        if out is not None and rows:
-            figures.append(str(_plot_cis(rows, out)))
-            fig = layer_density_figure(panels, n_boot=args.n_boot, seed=args.seed)
-            figures.append(str(out / "polytope_layer_density.png"))
-            fig.savefig(figures[-1], dpi=120)
+    for name in pairs:
+        per_model = _measure_pair(name, settings, done, res, panels)
+        if out is not None:
+            res.figures.append(str(_plot_profiles(name, per_model, out)))
+        if method_rows:
+            res.method.extend(_method_rows(load_pair(name), settings))
+    if out is not None and res.density:
+        res.figures.append(str(_plot_cis(res.density, out)))
+        fig = layer_density_figure(panels, n_boot=settings.n_boot, seed=settings.seed)
+        res.figures.append(str(out / "polytope_layer_density.png"))
+        fig.savefig(res.figures[-1], dpi=120)
+    return res
+
+
+def _print(res: PolytopeBench, settings: PolytopeSettings) -> None:
     cols = (
         ["pair", "model"]
         + [f"{k}{s}" for k in ("intra", "inter") for s in ("_mean", "_low", "_high")]
         + [f"{k}{s}" for k in ("ratio", "matched") for s in ("", "_low", "_high")]
     )
-    title = (
-        f"whole-code polytope density ({args.count} changes / unit input distance, test inputs, "
-        f"{args.n_pairs} class-balanced starts, one intra and one inter path each, "
-        f"{args.n_steps} points per path, 95% bootstrap CI, paired over starts for the ratio)"
+    print_table(
+        f"whole-code polytope density ({settings.count} changes / unit input distance, test "
+        f"inputs, {settings.n_pairs} class-balanced starts, one intra and one inter path each, "
+        f"{settings.n_steps} points per path, 95% bootstrap CI, paired over starts for the ratio)",
+        res.density,
+        cols,
     )
-    print_table(title, rows, cols)
     code_cols = ["len_intra", "len_inter", "n_units", "distinct_codes", "n_inputs", "seconds"]
-    print_table("paths and codes", rows, ["pair", "model", *code_cols, "same as"])
+    print_table("paths and codes", res.density, ["pair", "model", *code_cols, "same as"])
     layer_cols = [
         "pair", "model", "layer", "units", "flip share", "intra", "inter", "ratio", "matched",
         "ratio/preact", "untrained", "d@2x steps",
     ]  # fmt: skip
     layer_rows = [
-        {"pair": r["pair"], "model": r["model"], **lr} for r in rows for lr in r["per_layer"]
+        {"pair": r["pair"], "model": r["model"], **lr} for r in res.density for lr in r["per_layer"]
     ]
     print_table(
         "per-layer polytope density: each ReLU layer's own code, then the whole code ('all'); "
@@ -551,43 +571,37 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     print_table(
         "clusters and label purity (test subsample; HDBSCAN with eom / leaf cluster selection; "
         "noise excluded from purity, one group in ARI)",
-        cluster_rows,
-        [
-            "pair",
-            "model",
-            "clustering",
-            "n_points",
-            "n_clusters",
-            "noise_fraction",
-            "purity",
-            "ari",
-        ],
-    )
-    if method_rows:
+        res.clusters,
+        ["pair", "model", "clustering", "n_points", "n_clusters", "noise_fraction", "purity",
+         "ari"],
+    )  # fmt: skip
+    if res.method:
         print_table(
             "comparison rows (flowmatch.compare protocol: disjoint shuffled train halves, "
             "test inputs; reference = supervised affine on every train input)",
-            method_rows,
-        )
-    for note in notes:
+            res.method,
+            ["pair", "method", "paired_rows", "stitched_accuracy", "relative_stitching", "r2",
+             "cosine", "top1", "fit_seconds", "error"],
+        )  # fmt: skip
+    for note in res.notes:
         print("note:", note)
-    print(f"\nwall time: {total['seconds']:.1f} s")
-    for f in figures:
+    for f in res.figures:
         print("figure:", f)
-    result = {
-        "benchmark": "polytope",
-        "environment": env,
-        "args": vars(args),
-        "density": rows,
-        "clusters": cluster_rows,
-        "method": method_rows,
-        "notes": notes,
-        "figures": figures,
-        "wall_seconds": total["seconds"],
-    }
-    write_result(args.json, result)
-    return result
 
 
-if __name__ == "__main__":
-    run_as_script(__doc__, add_arguments, run)
+def main(args: argparse.Namespace) -> PolytopeBench:
+    """Run the benchmark; print tables; save figures and JSON when asked."""
+    device = str(resolve_device(args.device))
+    settings = PolytopeSettings(
+        n_pairs=args.n_pairs, n_steps=args.n_steps, count=args.count, n_boot=args.n_boot,
+        n_cluster=args.n_cluster, min_cluster_size=args.min_cluster_size, k=args.k,
+        control=not args.no_control, check_paths=args.check_paths, seed=args.seed,
+        device=args.device, progress=not args.no_progress,
+    )  # fmt: skip
+    with running("polytope", args, device) as run:
+        out = figures_folder(args.out) if args.out else None
+        run.result = measure_polytope(
+            pair_names(args, ["all"]), settings, method_rows=not args.no_method, out=out
+        )
+        _print(run.result, settings)
+    return run.result

@@ -7,28 +7,22 @@ spectrum over all ``DIM`` coordinates, L2-normalised like sentence embeddings; B
 two unpaired sets in a fresh worker process each (its own peak resident memory) and are scored
 on 1,000 held-out paired rows: top-1 among them (cosine) and R².
 
-    python -m flowmatch.benchmarks.speed --sizes 5000x384 50000x384 100000x768
+    flowmatch bench speed --threads 2 --sizes 5000x384 50000x384 100000x768
 """
 
 from __future__ import annotations
 
 import argparse
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
-from flowmatch.benchmarks._common import (
-    environment,
-    peak_rss_mb,
-    print_table,
-    run_as_script,
-    run_isolated,
-    write_result,
-)
+from benchmarks._common import peak_rss_mb, print_table, run_isolated, running
 
-__all__ = ["add_arguments", "measure_speed", "rotated_mixture", "run"]
+__all__ = ["SpeedBench", "add_arguments", "main", "measure_speed", "rotated_mixture"]
 
 METHODS = ("flowmatch", "mini_vec2vec")
 
@@ -56,7 +50,7 @@ def rotated_mixture(n: int, d: int, *, n_test: int = 1000, seed: int = 0):
 
 def _fit_and_score(method: str, n: int, d: int, seed: int) -> dict[str, Any]:
     """One method on one size, inside its worker: seconds, peak memory, scores."""
-    from flowmatch.benchmarks.embeddings import retrieval_scores
+    from benchmarks.embeddings import retrieval_scores
 
     torch.manual_seed(seed)
     a, b, test_a, test_b = rotated_mixture(n, d, seed=seed)
@@ -87,10 +81,19 @@ def _fit_and_score(method: str, n: int, d: int, seed: int) -> dict[str, Any]:
     }
 
 
+@dataclass(frozen=True)
+class SpeedBench:
+    """One row per method and size: rows, dim, method, seconds, peak_rss_mb, data_rss_mb
+    (the worker's peak before fitting: data and imports), top1, r2, stages (translate's
+    seconds per stage) and time_vs_mini_vec2vec (translate's seconds / the peer's)."""
+
+    rows: list[dict[str, Any]]
+
+
 def measure_speed(
     sizes: list[tuple[int, int]], seed: int = 0, timeout: float | None = None
-) -> list[dict[str, Any]]:
-    """Both methods on every size, each in a fresh process; adds translate's time ratio."""
+) -> SpeedBench:
+    """Both methods on every size, each in a fresh process (see the module docstring)."""
     rows = []
     for n, d in sizes:
         pair = {}
@@ -102,48 +105,37 @@ def measure_speed(
         ratio = pair["flowmatch"]["seconds"] / max(pair["mini_vec2vec"]["seconds"], 1e-9)
         for row in pair.values():
             rows.append({**row, "time_vs_mini_vec2vec": round(ratio, 2)})
-    return rows
+    return SpeedBench(rows)
 
 
 def _size(text: str) -> tuple[int, int]:
     try:
         n, d = (int(v) for v in text.lower().split("x"))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected ROWSxDIM such as 50000x384, got {text!r}")
+        raise argparse.ArgumentTypeError(
+            f"expected ROWSxDIM such as 50000x384, got {text!r}"
+        ) from None
     if n < 2000 or d < 2:
         raise argparse.ArgumentTypeError(f"need at least 2000 rows and 2 dims, got {text!r}")
     return n, d
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options of the speed benchmark."""
-    parser.add_argument(
-        "--sizes", type=_size, nargs="+", default=[(5000, 384), (50000, 384), (100000, 768)]
-    )
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=None, help="torch/BLAS threads")
+    """Options of the speed benchmark (``--quick``: 5000x384 only)."""
+    parser.add_argument("--sizes", type=_size, nargs="+", default=None, metavar="ROWSxDIM")
     parser.add_argument("--timeout", type=float, default=None, help="seconds per fit")
-    parser.add_argument("--json", default=None, metavar="PATH", help="write the results here")
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
-    """Run the benchmark, print the table, return the figures."""
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    env = environment(args.seed)
-    print("environment: " + ", ".join(f"{k}={v}" for k, v in env.items()))
-    rows = measure_speed(args.sizes, args.seed, args.timeout)
-    print_table(
-        "translate vs mini-vec2vec (synthetic rotated mixture)",
-        [{k: v for k, v in r.items() if k != "stages"} for r in rows],
-    )
-    for r in rows:
-        if r["stages"]:
-            print(f"translate stages at {r['rows']}x{r['dim']} (s): {r['stages']}")
-    result = {"benchmark": "speed", "env": env, "rows": rows}
-    write_result(args.json, result)
+def main(args: argparse.Namespace) -> SpeedBench:
+    """Run the benchmark and print the table."""
+    default = [(5000, 384)] if args.quick else [(5000, 384), (50000, 384), (100000, 768)]
+    with running("speed", args) as run:
+        run.result = result = measure_speed(args.sizes or default, args.seed, args.timeout)
+        print_table(
+            "translate vs mini-vec2vec (synthetic rotated mixture)",
+            [{k: v for k, v in r.items() if k != "stages"} for r in result.rows],
+        )
+        for r in result.rows:
+            if r["stages"]:
+                print(f"translate stages at {r['rows']}x{r['dim']} (s): {r['stages']}")
     return result
-
-
-if __name__ == "__main__":
-    run_as_script(__doc__, add_arguments, run)

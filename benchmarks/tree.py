@@ -10,7 +10,7 @@
    :class:`~flowmatch.autoencoder.FlowAutoencoder`, and the reference of PCA to the same
    latent dimension + a Gaussian mixture with the same number of clusters.
 
-Run ``flowmatch bench tree [--quick] [--json PATH]`` or ``python -m flowmatch.benchmarks.tree``.
+Run ``flowmatch bench tree [--quick] [--json PATH]``.
 
 References
 ----------
@@ -24,34 +24,44 @@ import argparse
 import os
 import time
 import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from flowmatch.benchmarks._common import (
-    environment,
+from benchmarks._common import (
+    pair_names,
     positive_float,
     positive_int,
     print_table,
-    run_as_script,
     run_isolated,
-    write_result,
+    running,
 )
+from flowmatch.cli import int_argument
 
-__all__ = ["add_arguments", "run"]
+__all__ = ["TreeBench", "add_arguments", "main", "measure_tree"]
+
+
+@dataclass(frozen=True)
+class TreeBench:
+    """Speed rows (n, dim, seconds and MiB of each method, modes, same diagram) and recovery
+    rows (ARI of the tree's modes against the digit labels, beside PCA + GMM)."""
+
+    speed: tuple[dict[str, Any], ...]
+    recovery: tuple[dict[str, Any], ...]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Command-line options of ``flowmatch bench tree``."""
-    parser.add_argument("--quick", action="store_true", help="n ≤ 10^4 and a short AE fit")
-    parser.add_argument("--json", default=None, help="write the results to this JSON file")
-    parser.add_argument("--seed", type=int, default=0)
+    """Options of ``flowmatch bench tree`` (``--quick``: n ≤ 10^4 and a short AE fit;
+    ``--threads`` also sets the kNN query threads of both methods)."""
     parser.add_argument("--k-neighbors", type=positive_int, default=10)
     parser.add_argument(
-        "--threads", type=positive_int, default=2, help="kNN query threads (both methods)"
-    )
-    parser.add_argument(
-        "--sizes", type=_size, nargs="*", default=None, help="override the n grid (each >= 2)"
+        "--sizes",
+        type=int_argument(2),
+        nargs="*",
+        default=None,
+        help="override the n grid (each >= 2)",
     )
     parser.add_argument("--dims", type=positive_int, nargs="*", default=[2, 8, 16])
     parser.add_argument(
@@ -68,13 +78,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--no-tomato", action="store_true", help="skip gudhi's ToMATo")
     parser.add_argument("--no-recovery", action="store_true", help="skip the digits ARI part")
-
-
-def _size(text: str) -> int:
-    value = positive_int(text)
-    if value < 2:
-        raise argparse.ArgumentTypeError(f"expected a size >= 2, got {value}")
-    return value
 
 
 # ----------------------------------------------------------------------------- speed
@@ -104,7 +107,9 @@ def _measure(method: str, n: int, dim: int, k: int, threads: int, seed: int) -> 
         if method == "density_tree":
             from flowmatch.density_tree import DensityTree
 
-            tree = DensityTree(k_neighbors=k, max_points=None, n_jobs=threads).fit_points(z, logp)
+            tree = DensityTree(k_neighbors=k, max_points=None, n_jobs=threads).fit(
+                z, log_density=logp
+            )
             out.update(modes=tree.n_modes_, peaks=tree.n_peaks_)
             dgm = tree.persistence_diagram()[1:]
             if tree.n_graph_components_ > 1:  # ToMATo leaves these classes infinite
@@ -136,11 +141,19 @@ def _same_diagram(a: list, b: list) -> bool:
     return bool(np.allclose(key(da), key(db)))
 
 
-def _speed(args: argparse.Namespace) -> list[dict[str, Any]]:
-    sizes = args.sizes or ([1000, 10_000] if args.quick else [1000, 10_000, 100_000, 1_000_000])
-    methods = ["density_tree"] + ([] if args.no_tomato else ["tomato"])
+def _speed(
+    sizes: Sequence[int],
+    dims: Sequence[int],
+    k_neighbors: int,
+    threads: int,
+    tomato: bool,
+    budget: float,
+    timeout: float,
+    seed: int,
+) -> list[dict[str, Any]]:
+    methods = ["density_tree"] + (["tomato"] if tomato else [])
     rows: list[dict[str, Any]] = []
-    for dim in args.dims:
+    for dim in dims:
         over_budget: set[str] = set()
         for n in sizes:
             row: dict[str, Any] = {"n": n, "dim": dim}
@@ -154,16 +167,16 @@ def _speed(args: argparse.Namespace) -> list[dict[str, Any]]:
                     m,
                     n,
                     dim,
-                    args.k_neighbors,
-                    args.threads,
-                    args.seed,
+                    k_neighbors,
+                    threads,
+                    seed,
                     what=f"{m} at n={n}, dim={dim}",
-                    timeout=args.timeout,
+                    timeout=timeout,
                 )
                 results[m] = r
                 row[f"{m}_s"] = round(r["seconds"], 3)
                 row[f"{m}_mb"] = round(r["peak_rss_mb"], 1)
-                if r["seconds"] > args.budget:
+                if r["seconds"] > budget:
                     over_budget.add(m)
             tree = results.get("density_tree")
             if tree is not None:
@@ -180,7 +193,7 @@ def _speed(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 
 # ----------------------------------------------------------------------------- recovery
-def _recovery(args: argparse.Namespace) -> list[dict[str, Any]]:
+def _recovery(pair_name: str, k_neighbors: int, seed: int, quick: bool) -> list[dict[str, Any]]:
     from sklearn.decomposition import PCA
     from sklearn.metrics import adjusted_rand_score
     from sklearn.mixture import GaussianMixture
@@ -189,15 +202,15 @@ def _recovery(args: argparse.Namespace) -> list[dict[str, Any]]:
     from flowmatch.density_tree import DensityTree
     from flowmatch.zoo import load_pair
 
-    pair = load_pair("digits-mlp")
+    pair = load_pair(pair_name)
     rows = []
     for side in ("a", "b"):
         acts = pair.activations(side, "train")
         assert acts.labels is not None
         y = acts.labels.numpy()
         x = acts.x.numpy().astype(np.float64)
-        ae_opts: dict[str, Any] = {"progress": False, "seed": args.seed}
-        if args.quick:
+        ae_opts: dict[str, Any] = {"progress": False, "seed": seed}
+        if quick:
             ae_opts["max_steps"] = 400
         start = time.perf_counter()
         with warnings.catch_warnings():
@@ -205,13 +218,15 @@ def _recovery(args: argparse.Namespace) -> list[dict[str, Any]]:
             ae = FlowAutoencoder(**ae_opts).fit(acts)
             ae_s = time.perf_counter() - start
             k = ae.latent_dim_
-            zp = PCA(k, random_state=args.seed).fit_transform(x)
+            zp = PCA(k, random_state=seed).fit_transform(x)
             for n_modes in (None, 10):
-                tree = DensityTree(k_neighbors=args.k_neighbors, n_modes=n_modes).fit(ae, acts)
+                tree = DensityTree.from_autoencoder(
+                    ae, acts, k_neighbors=k_neighbors, n_modes=n_modes
+                )
                 m = tree.n_modes_
-                gmm = GaussianMixture(m, random_state=args.seed).fit(zp)
-                ref = DensityTree(k_neighbors=args.k_neighbors, n_modes=n_modes)
-                ref.fit_points(zp, gmm.score_samples(zp))
+                gmm = GaussianMixture(m, random_state=seed).fit(zp)
+                ref = DensityTree(k_neighbors=k_neighbors, n_modes=n_modes)
+                ref.fit(zp, log_density=gmm.score_samples(zp))
                 rows.append(
                     {
                         "model": side,
@@ -229,28 +244,48 @@ def _recovery(args: argparse.Namespace) -> list[dict[str, Any]]:
     return rows
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
+def measure_tree(
+    sizes: Sequence[int],
+    dims: Sequence[int] = (2, 8, 16),
+    *,
+    k_neighbors: int = 10,
+    threads: int = -1,
+    tomato: bool = True,
+    recovery_pair: str | None = "digits-mlp",
+    budget: float = 150.0,
+    timeout: float = 3600.0,
+    quick: bool = False,
+    seed: int = 0,
+) -> TreeBench:
+    """Speed and memory of the density tree (and ToMATo) at every size and dimension, each in
+    its own process; then mode recovery on ``recovery_pair`` (None skips it)."""
+    speed = _speed(sizes, dims, k_neighbors, threads, tomato, budget, timeout, seed)
+    recovery = [] if recovery_pair is None else _recovery(recovery_pair, k_neighbors, seed, quick)
+    return TreeBench(tuple(speed), tuple(recovery))
+
+
+def main(args: argparse.Namespace) -> TreeBench:
     """Run the benchmark; print the tables and return (and optionally write) the results."""
-    env = environment(args.seed, "cpu")
-    env["cpu_count"] = os.cpu_count()
-    env["threads"] = args.threads
-    print("environment:", env)
-    start = time.perf_counter()
-    speed = _speed(args)
-    print_table(
-        f"density tree vs ToMATo (k={args.k_neighbors}, {args.threads} threads; seconds, MiB)",
-        speed,
-    )
-    result: dict[str, Any] = {"environment": env, "speed": speed}
-    if not args.no_recovery:
-        recovery = _recovery(args)
-        print_table("digits-mlp: ARI of the tree's modes vs digit labels", recovery)
-        result["recovery"] = recovery
-    result["wall_seconds"] = round(time.perf_counter() - start, 1)
-    print(f"\nwall time: {result['wall_seconds']} s")
-    write_result(args.json, result)
+    sizes = args.sizes or ([1000, 10_000] if args.quick else [1000, 10_000, 100_000, 1_000_000])
+    threads = args.threads or -1
+    with running("tree", args, "cpu") as run:
+        run.environment.update(cpu_count=os.cpu_count(), knn_threads=threads)
+        run.result = result = measure_tree(
+            sizes,
+            args.dims,
+            k_neighbors=args.k_neighbors,
+            threads=threads,
+            tomato=not args.no_tomato,
+            recovery_pair=None if args.no_recovery else pair_names(args, ["digits-mlp"])[0],
+            budget=args.budget,
+            timeout=args.timeout,
+            quick=args.quick,
+            seed=args.seed,
+        )
+        print_table(
+            f"density tree vs ToMATo (k={args.k_neighbors}, kNN threads {threads}; seconds, MiB)",
+            result.speed,
+        )
+        if result.recovery:
+            print_table("ARI of the tree's modes vs the class labels", result.recovery)
     return result
-
-
-if __name__ == "__main__":
-    run_as_script(__doc__, add_arguments, run)

@@ -49,7 +49,7 @@ Cache
 
 Usage::
 
-    from flowmatch.benchmarks.text_data import embed_corpus
+    from benchmarks.text_data import embed_corpus
     X, labels, texts = embed_corpus("wordnet", "minilm-l6", limit=20_000)  # X: (20000, 384)
 """
 
@@ -1030,7 +1030,7 @@ def embed_corpus(
 
 
 def _main(argv: Sequence[str] | None = None) -> int:
-    """``python -m flowmatch.benchmarks.text_data CORPUS ENCODER [--limit N]``: fill the cache."""
+    """``python -m benchmarks.text_data CORPUS ENCODER [--limit N]``: fill the cache."""
     import argparse
 
     p = argparse.ArgumentParser(description=_main.__doc__)
