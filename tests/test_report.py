@@ -88,7 +88,7 @@ def assert_legible(images: list) -> None:
     at no less than 3/4 of its size, so that its 8-point text (12 px at 110 dpi) stays at 9 px
     or more on the page."""
     for ok, w, h, shown_w, shown_h in images:
-        assert ok, "an image did not decode"
+        assert ok and w > 0, "an image did not decode"
         assert 500 <= w <= WINDOW[0] and 250 <= h <= 1100, (w, h)
         assert shown_w / w >= 0.75 and shown_h / h >= 0.75, (w, h, shown_w, shown_h)
 
@@ -208,7 +208,7 @@ def test_chromium_probe_detects_a_broken_image(tmp_path):
     )
     seen = render_in_chromium(path, tmp_path)
     assert seen["images"][0][1] == 0
-    with pytest.raises(AssertionError, match="did not decode|500 <= w"):
+    with pytest.raises(AssertionError, match="did not decode"):
         assert_legible(seen["images"])
 
 
