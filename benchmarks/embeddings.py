@@ -272,6 +272,22 @@ def mode_agreement(
     return agree(pb), chance
 
 
+def _skipped_row(base: dict[str, Any], method: str, why: str) -> EmbeddingRow:
+    """A row without scores: the method (or the size) was skipped, for the reason ``why``."""
+    nan = float("nan")
+    return EmbeddingRow(
+        **base,
+        method=method,
+        paired_rows=0,
+        cosine=nan,
+        top1=nan,
+        mean_rank=nan,
+        r2=nan,
+        seconds=0.0,
+        note=why,
+    )
+
+
 def _row(
     base: dict[str, Any], method: str, split: EmbeddingSplit, seed: int, options
 ) -> EmbeddingRow:
@@ -279,17 +295,7 @@ def _row(
     try:
         fitted = _fit(method, split, seed, options)
     except _Skip as skip:
-        return EmbeddingRow(
-            **base,
-            method=method,
-            paired_rows=0,
-            cosine=np.nan,
-            top1=np.nan,
-            mean_rank=np.nan,
-            r2=np.nan,
-            seconds=0.0,
-            note=str(skip),
-        )
+        return _skipped_row(base, method, str(skip))
     seconds = time.perf_counter() - start
     scores = retrieval_scores(fitted.transform(split.test_a), split.test_b)
     agreement = chance = None
@@ -392,19 +398,7 @@ def measure_embeddings(
                                 emb_a, emb_b, labels, n, n_test=n_test, control=control, seed=seed
                             )
                         except ValueError as err:
-                            rows.append(
-                                EmbeddingRow(
-                                    **base,
-                                    method="-",
-                                    paired_rows=0,
-                                    cosine=np.nan,
-                                    top1=np.nan,
-                                    mean_rank=np.nan,
-                                    r2=np.nan,
-                                    seconds=0.0,
-                                    note=str(err),
-                                )
-                            )
+                            rows.append(_skipped_row(base, "-", str(err)))
                             continue
                         for method in methods:
                             row = _row(base, method, split, seed, options)
