@@ -8,6 +8,7 @@ import dataclasses
 import math
 import multiprocessing as mp
 import resource
+import signal
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
@@ -222,6 +223,9 @@ def print_table(
 
 
 def _worker(func: Callable[..., Any], args: tuple, conn: Any) -> None:
+    # the command line's SIGTERM handler (inherited through fork) would print a traceback when
+    # the parent stops this worker; here SIGTERM just ends the process
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     try:
         result = ("ok", func(*args))
     except BaseException as err:  # reported to the parent, which raises it
@@ -246,11 +250,13 @@ def run_isolated(
     proc = ctx.Process(target=_worker, args=(func, args, send), daemon=True)
     proc.start()
     send.close()
+    received = False
     try:
         if not receive.poll(timeout):
             raise BenchmarkError(f"{what} did not finish within {timeout:g} s (worker stopped)")
         try:
             status, payload = receive.recv()
+            received = True
         except EOFError:
             proc.join()
             raise BenchmarkError(
@@ -261,6 +267,8 @@ def run_isolated(
         return payload
     finally:
         receive.close()
+        if received:  # a worker that has sent its result exits on its own
+            proc.join(10)
         if proc.is_alive():
             proc.terminate()
             proc.join(5)
