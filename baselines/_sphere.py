@@ -31,6 +31,7 @@ import torch
 from scipy import sparse
 
 from baselines._linear import ScaledPCA
+from flowmatch import alignment
 from flowmatch.validation import as_matrix
 
 __all__ = [
@@ -43,6 +44,7 @@ __all__ = [
     "orthogonal_procrustes",
     "polar",
     "sphere_pair",
+    "unit_rows",
 ]
 
 NORMS = ("ratio", "constant")
@@ -87,22 +89,23 @@ class SphereCoordinates:
 
     def sphere(self, x: np.ndarray) -> np.ndarray:
         """Unit-norm centred rows  # (n, d) → (n, k), float64 (zero rows stay zero)."""
-        return _normalise(self.centred(x))
+        return unit_rows(self.centred(x))
 
     def lift(self, z: np.ndarray) -> np.ndarray:
         """Back to the activation space  # (n, k) → (n, d) (dropped axes at the mean)."""
         return (z if self.basis is None else z @ self.basis.T) + self.mean
 
 
-def _normalise(z: np.ndarray) -> np.ndarray:
+def unit_rows(z: np.ndarray) -> np.ndarray:
+    """Rows divided by their norms (zero rows stay zero)  # (n, k) → (n, k)."""
     norms = np.linalg.norm(z, axis=1, keepdims=True)
     return z / np.maximum(norms, 1e-12)
 
 
 def polar(m: np.ndarray) -> np.ndarray:
-    """Nearest orthogonal matrix (polar factor ``U Vᵀ`` of ``m = U S Vᵀ``)  # (p, q) → (p, q)."""
-    u, _, vh = np.linalg.svd(np.asarray(m, dtype=np.float64), full_matrices=False)
-    return u @ vh
+    """Nearest orthogonal matrix (polar factor ``U Vᵀ`` of ``m = U S Vᵀ``)  # (p, q) → (p, q);
+    :func:`flowmatch.alignment.polar` as an array."""
+    return alignment.polar(torch.as_tensor(np.asarray(m, dtype=np.float64))).numpy()
 
 
 def orthogonal_procrustes(x: Any, y: Any) -> np.ndarray:
@@ -114,11 +117,10 @@ def orthogonal_procrustes(x: Any, y: Any) -> np.ndarray:
 
     Returns
     -------
-    R : ndarray  # (k_y, k_x), float64 — the polar factor of ``yᵀ x`` (Schönemann 1966)
+    R : ndarray  # (k_y, k_x), float64 — the polar factor of ``yᵀ x`` (Schönemann 1966),
+        :func:`flowmatch.alignment.fit_orthogonal` as an array
     """
-    xt = torch.as_tensor(np.asarray(x), dtype=torch.float64)
-    yt = torch.as_tensor(np.asarray(y), dtype=torch.float64)
-    return polar((yt.T @ xt).numpy())
+    return alignment.fit_orthogonal(np.asarray(x), np.asarray(y)).numpy()
 
 
 def inner_product_neighbours(
@@ -209,7 +211,7 @@ class SphereMap:
         x = _rows(x_a, len(self.coords_a.mean))
         if self.norm == "ratio":
             return x @ self.matrix.T + self.bias
-        z = _normalise(self.coords_a.sphere(x) @ self.rotation.T) * self.coords_b.scale
+        z = unit_rows(self.coords_a.sphere(x) @ self.rotation.T) * self.coords_b.scale
         return self.coords_b.lift(z)
 
 

@@ -81,6 +81,7 @@ from baselines._sphere import (
     neighbour_means,
     orthogonal_procrustes,
     sphere_pair,
+    unit_rows,
 )
 from flowmatch.methods import FitData, Method, register
 from flowmatch.qap import two_opt_batch
@@ -223,10 +224,6 @@ def anchor_pairs(
     return np.concatenate(out_a), np.concatenate(out_b), np.asarray(scores)
 
 
-def _unit(x: np.ndarray) -> np.ndarray:
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-
-
 def relative_pseudo_pairs(
     xa_hat: np.ndarray,
     xb_hat: np.ndarray,
@@ -251,8 +248,8 @@ def relative_pseudo_pairs(
     ndarray  # (n_a, k) pseudo-targets in B's sphere coordinates
     """
     f32 = np.float32
-    rel_a = _unit(xa_hat.astype(f32) @ _unit(anchors_a).T.astype(f32))
-    rel_b = _unit(xb_hat.astype(f32) @ _unit(anchors_b).T.astype(f32))
+    rel_a = unit_rows(xa_hat.astype(f32) @ unit_rows(anchors_a).T.astype(f32))
+    rel_b = unit_rows(xb_hat.astype(f32) @ unit_rows(anchors_b).T.astype(f32))
     return neighbour_means(rel_a, rel_b, n_neighbors, values=xb_hat)
 
 
@@ -311,7 +308,7 @@ def refine_clusters(
     k = min(n_clusters, len(xa_hat), len(xb_hat))
     ca = _kmeans(xa_hat, k, n_init=n_init, seed=seed)
     cb = _kmeans(xb_hat, k, n_init=1, seed=seed, init=ca @ r.T)
-    consistency = float((_unit(ca @ r.T) * _unit(cb)).sum(1).mean())
+    consistency = float((unit_rows(ca @ r.T) * unit_rows(cb)).sum(1).mean())
     return smoothing * r + (1.0 - smoothing) * orthogonal_procrustes(ca, cb), consistency
 
 
