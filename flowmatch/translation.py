@@ -417,11 +417,22 @@ def _widened(rot: Tensor, width: int) -> Tensor:
     return out
 
 
+def _round_options(s: TranslateSettings) -> dict[str, Any]:
+    """The settings every :func:`~flowmatch.refinement.refine_nearest` call of translate takes."""
+    return {
+        "batch": s.refine_batch,
+        "k": s.neighbours,
+        "smoothing": s.smoothing,
+        "max_targets": s.max_targets,
+        "orthogonal": s.orthogonal,
+    }
+
+
 def _refine_schedule(
-    u_a: Tensor, u_b: Tensor, rot: Tensor, settings: TranslateSettings, rounds: dict, seed: int
+    u_a: Tensor, u_b: Tensor, rot: Tensor, settings: TranslateSettings, seed: int
 ) -> Tensor:
     """One probed map (p0, p0) refined at every width of the schedule  # → (p, p)."""
-    s = settings
+    s, rounds = settings, _round_options(settings)
     for stage, width in enumerate(search_widths(u_a.shape[1], s.search_components)):
         rot = refine_nearest(
             u_a[:, :width],
@@ -460,14 +471,7 @@ def refine_and_select(
         the probe rounds, ``"<name>/final"`` per finalist at the full width, and ``"final"``
         for the kept map.
     """
-    s = settings
-    rounds = {
-        "batch": s.refine_batch,
-        "k": s.neighbours,
-        "smoothing": s.smoothing,
-        "max_targets": s.max_targets,
-        "orthogonal": s.orthogonal,
-    }
+    s, rounds = settings, _round_options(settings)
     p0 = search_widths(u_a.shape[1], s.search_components)[0]
     ua0, ub0 = u_a[:, :p0], u_b[:, :p0]
     probed, scores = {}, {}
@@ -477,7 +481,7 @@ def refine_and_select(
     ranked = sorted(probed, key=lambda name: -scores[name]["csls"])[: s.n_finalists]
     refined = {}
     for name in tqdm(ranked, desc="finalists", disable=not progress, leave=False):
-        refined[name] = _refine_schedule(u_a, u_b, probed[name], s, rounds, seed)
+        refined[name] = _refine_schedule(u_a, u_b, probed[name], s, seed)
         scores[f"{name}/final"] = asdict(alignment_score(u_a, u_b, refined[name]))
     kept = max(ranked, key=lambda name: scores[f"{name}/final"]["csls"])
     rot = refined[kept]
