@@ -14,6 +14,7 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "ActivationSet": "flowmatch.activations",
+    "ActivationStore": "flowmatch.store",
     "collect": "flowmatch.activations",
     "FlowAutoencoder": "flowmatch.autoencoder",
     "DensityTree": "flowmatch.density_tree",

@@ -83,6 +83,7 @@ _NOUNS = {
     "FlowAutoencoder": "flow autoencoder (.safetensors)",
     "FlowAutoencoder.checkpoint": "training checkpoint (.safetensors)",
     "ActivationSet": "activation file (.safetensors)",
+    "ActivationStore": "activation store folder",
     "ZooModel": "zoo model (.safetensors)",
     "benchmark": "benchmark result (.json)",
     "report": "HTML report",
@@ -381,6 +382,7 @@ def _as_target(path: Any, kind: str | None) -> Path:
 def _example_name(kind: str | None) -> str:
     return {
         "Translation": "translation",
+        "ActivationStore": "activations",
         "run": "runs",
         "figures": "figures",
         "benchmark": "result.json",

@@ -267,7 +267,8 @@ def as_matrix(
 
     Parameters
     ----------
-    x : ActivationSet | Tensor | ndarray  # (n_samples, n_features)
+    x : ActivationSet | ActivationStore | Tensor | ndarray  # (n_samples, n_features); a store
+        is read whole, so only up to ``MAX_STORE_VALUES`` values (else ``store.subsample(n)``).
     name : how to call the argument in error messages.
     dim : expected number of features, if known.
     min_samples : minimum number of rows.
@@ -277,6 +278,8 @@ def as_matrix(
     -------
     Tensor  # (n_samples, n_features), on the CPU unless ``x`` was already a tensor elsewhere.
     """
+    if hasattr(x, "to_activation_set") and hasattr(x, "n_rows"):  # ActivationStore
+        x = _store_rows(x, name)
     if hasattr(x, "x") and isinstance(x.x, torch.Tensor):  # ActivationSet
         x = x.x
     if isinstance(x, np.ndarray):
@@ -309,6 +312,21 @@ def as_matrix(
     if dtype is not None and dtype != t.dtype:
         t = _cast(t, dtype, name)
     return t
+
+
+MAX_STORE_VALUES = 200_000_000
+"""The most values (rows × features) :func:`as_matrix` reads from an on-disk store."""
+
+
+def _store_rows(store: Any, name: str) -> torch.Tensor:
+    """Every row of an ActivationStore, unless there are too many for memory."""
+    n, d = int(store.n_rows), int(store.dim)
+    if n * d > MAX_STORE_VALUES:
+        raise ValueError(
+            f"{name} is an activation store of {n} x {d} values, too many to load at once "
+            f"(limit {MAX_STORE_VALUES:,}); pass store.subsample(n) with fewer rows instead"
+        )
+    return store.to_activation_set().x
 
 
 def _check_numpy_dtype(arr: np.ndarray, name: str) -> None:
