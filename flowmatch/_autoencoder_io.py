@@ -38,6 +38,7 @@ def state_of(ae: Any) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     tensors = {name: getattr(ae, name) for name in ARRAYS}
     tensors.update({f"model.{k}": v for k, v in ae.model_.state_dict().items()})
     params = {k: (str(v) if hasattr(v, "__fspath__") else v) for k, v in ae.get_params().items()}
+    params["flow"] = ae.flow_  # the flow used, so that a file loads the same flow anywhere
     fitted: dict[str, Any] = {name: int(getattr(ae, name)) for name in INTS}
     fitted["scale_"] = float(ae.scale_)
     history = {k: v for k, v in ae.history_.items() if k in ("train_nll", "val_nll")}
@@ -52,6 +53,7 @@ def restore(cls: type, art: Artefact, device: str | None) -> Any:
     ae.fit_seconds_ = None
     ae.train_samples_per_second_ = None
     ae._device = resolve_device(ae.device)
+    ae._resolve_runtime()
     ae._set_device_tensors()
     model = ae._build_model().to(ae._device, getattr(torch, ae.dtype))
     state = {k[6:]: v for k, v in art.tensors.items() if k.startswith("model.")}

@@ -81,6 +81,7 @@ from flowmatch._gmm import GaussianMixture
 from flowmatch._io import load_state, save_state
 from flowmatch.flows import Flow, get_flow
 from flowmatch.outputs import check_file_output
+from flowmatch.store import ActivationStore
 from flowmatch.validation import (
     MAX_SEED,
     Bool,
@@ -91,6 +92,7 @@ from flowmatch.validation import (
     Real,
     Valid,
     as_matrix,
+    check_bool,
     check_fitted,
     check_params,
     resolve_device,
@@ -136,8 +138,9 @@ class FlowAutoencoder(BaseEstimator):
         Number k of kept latent coordinates. ``"auto"``: the smallest k whose top-k PCA
         coordinates explain ``explained_variance`` of the variance (clipped to
         ``[min_latent_dim, d_flow]``); the choice is logged and stored in ``latent_dim_``.
-    flow : registered flow name: ``"coupling"`` (default), ``"cnf"`` or ``"ffjord"`` (the
-        latter is not volume-preserving; it exists as a benchmark reference).
+    flow : ``"auto"`` (default: ``"cnf"`` on CUDA, ``"coupling"`` on the CPU) or a registered
+        flow name: ``"coupling"``, ``"cnf"`` or ``"ffjord"`` (the latter is not
+        volume-preserving; it exists as a benchmark reference). The flow used is ``flow_``.
     n_components : number of Gaussian mixture components on the latent.
     d_flow : number of top PCA coordinates the flow acts on (capped at d').
     hidden : hidden width of the flow networks.
@@ -166,7 +169,13 @@ class FlowAutoencoder(BaseEstimator):
     max_time : optional wall-clock budget in seconds for training (stops early with a note).
     checkpoint : optional path; training state is saved there every ``checkpoint_every``
         epochs and a later ``fit`` on the same data and hyperparameters resumes from it.
-    checkpoint_every : epochs between checkpoints.
+    checkpoint_every : epochs between checkpoints (evaluations for a fit from a store).
+    eval_steps : fits from an :class:`~flowmatch.store.ActivationStore` only: optimiser steps
+        between held-out evaluations (early stopping and checkpoints happen there); ``None``:
+        one pass over the training rows or 200 steps, whichever is fewer.
+    mixed_precision : run the flow's networks under ``torch.autocast`` in bfloat16 (the
+        mixture, the noise terms and the flow's state stay in ``dtype``). ``"auto"``: on CUDA
+        with ``dtype="float32"`` only.
     progress : show a tqdm progress bar with the training and held-out NLL (nats/dim).
     dtype : ``"float32"`` or ``"float64"`` parameters and computations.
     device : ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"`` ...
@@ -191,14 +200,17 @@ class FlowAutoencoder(BaseEstimator):
     mixture_means_ : Tensor  # (K, k)
     mixture_covariances_ : Tensor  # (K, k, k), full covariances (diagonal if "diag")
     history_ : dict  # per-epoch "train_nll", "val_nll" (nats/dim), "seconds" (not saved)
-    n_epochs_ : int  # epochs run; ``best_epoch_`` the one restored
+    flow_ : str  # the flow used (``flow`` with ``"auto"`` resolved)
+    n_epochs_ : int  # epochs run; ``best_epoch_`` the one restored (for a store fit:
+        passes begun, and the evaluation restored)
+    n_steps_ : int  # optimiser steps taken
     fit_seconds_ : float  # None after :meth:`load` (timings are not saved)
     train_samples_per_second_ : float  # None after :meth:`load`
     """
 
     _parameter_constraints: ClassVar[dict[str, Constraint]] = {
         "latent_dim": Int(1, also=("auto",)),
-        "flow": Valid(get_flow),
+        "flow": Valid(lambda name: name == "auto" or get_flow(name)),
         "n_components": Int(1),
         "d_flow": Int(1),
         "hidden": Int(1),
@@ -219,6 +231,8 @@ class FlowAutoencoder(BaseEstimator):
         "max_time": Real(0.0, low_open=True, none=True),
         "checkpoint": Instance((str, os.PathLike), "a path", none=True),
         "checkpoint_every": Int(1),
+        "eval_steps": Int(1, none=True),
+        "mixed_precision": Valid(lambda v: v == "auto" or check_bool("mixed_precision", v)),
         "progress": Bool(),
         "dtype": Options(tuple(_DTYPES)),
         "device": Valid(resolve_device),
@@ -228,7 +242,7 @@ class FlowAutoencoder(BaseEstimator):
     def __init__(
         self,
         latent_dim: int | str = "auto",
-        flow: str = "coupling",
+        flow: str = "auto",
         n_components: int = 12,
         d_flow: int = 64,
         hidden: int = 128,
@@ -249,6 +263,8 @@ class FlowAutoencoder(BaseEstimator):
         max_time: float | None = None,
         checkpoint: str | os.PathLike | None = None,
         checkpoint_every: int = 10,
+        eval_steps: int | None = None,
+        mixed_precision: bool | str = "auto",
         progress: bool = True,
         dtype: str = "float32",
         device: str = "auto",
@@ -276,6 +292,8 @@ class FlowAutoencoder(BaseEstimator):
         self.max_time = max_time
         self.checkpoint = checkpoint
         self.checkpoint_every = checkpoint_every
+        self.eval_steps = eval_steps
+        self.mixed_precision = mixed_precision
         self.progress = progress
         self.dtype = dtype
         self.device = device
@@ -298,8 +316,10 @@ class FlowAutoencoder(BaseEstimator):
         """Constant columns set aside, then mean, global scale and principal axes of the rest,
         and the latent width k."""
         n = x.shape[0]
-        xk = self._set_aside_constants(x.double())
-        dp = xk.shape[1]
+        x64 = x.double()
+        constant = (x64.max(0).values - x64.min(0).values) == 0
+        self._set_aside_constants(constant, x64[0])
+        xk = x64[:, self.kept_columns_]
         # far from 1, work on x times a power of two (exact) so that the covariance of huge
         # (1e200) or tiny values neither over- nor underflows; otherwise on x itself
         big = float(xk.abs().max())
@@ -307,7 +327,21 @@ class FlowAutoencoder(BaseEstimator):
         xn = xk * f
         mean_n = xn.mean(0)
         xc = xn - mean_n
-        cov = xc.T @ xc / n
+        self._set_principal_axes(mean_n, xc.T @ xc / n, f, big)
+
+    def _preprocessing_from_moments(self, moments: Any) -> None:
+        """The same preprocessing from one-pass statistics of the rows
+        (:class:`flowmatch.streaming.Moments`, float64), as a store fit computes them."""
+        self._set_aside_constants(moments.constant_columns(), moments.minimum)
+        kept = self.kept_columns_
+        cov = moments.covariance()[kept][:, kept]
+        big = float(torch.maximum(moments.maximum.abs(), moments.minimum.abs())[kept].max())
+        self._set_principal_axes(moments.mean[kept], cov, 1.0, big)
+
+    def _set_principal_axes(self, mean_n: Tensor, cov: Tensor, f: float, big: float) -> None:
+        """Mean, global scale, principal axes and k from the mean and covariance of the kept
+        columns of ``x · f``  # (d',), (d', d')"""
+        dp = cov.shape[0]
         evals, evecs = torch.linalg.eigh(cov)
         evals, evecs = evals.flip(0).clamp_min(0.0), evecs.flip(1)
         sign = torch.sign(evecs[evecs.abs().argmax(0), torch.arange(dp)])
@@ -328,10 +362,9 @@ class FlowAutoencoder(BaseEstimator):
         self.d_flow_ = min(int(self.d_flow), dp)
         self.latent_dim_ = self._latent_width(dp)
 
-    def _set_aside_constants(self, x64: Tensor) -> Tensor:
-        """Record the constant columns (warn, or raise with ``on_constant="error"``) and
-        return the others  # (n, d) → (n, d')"""
-        constant = (x64.max(0).values - x64.min(0).values) == 0
+    def _set_aside_constants(self, constant: Tensor, values: Tensor) -> None:
+        """Record the constant columns (bool (d,)) and their values (warn, or raise with
+        ``on_constant="error"``)."""
         if bool(constant.all()):
             raise ValueError("all columns of x are constant; there is nothing to model")
         if bool(constant.any()):
@@ -346,15 +379,15 @@ class FlowAutoencoder(BaseEstimator):
                 msg + "; they are set aside (restored by decode, ignored by log_prob)",
                 stacklevel=4,
             )
-        self.d_in_ = x64.shape[1]
+        self.d_in_ = int(constant.shape[0])
         self.constant_columns_ = torch.nonzero(constant).flatten()
         self.kept_columns_ = torch.nonzero(~constant).flatten()
-        self.constant_values_ = x64[0, self.constant_columns_].clone()
-        xk = x64[:, self.kept_columns_]
-        self.n_features_modelled_ = xk.shape[1]
-        if xk.shape[1] < 2:
-            raise ValueError(f"x has {xk.shape[1]} non-constant column; at least 2 are needed")
-        return xk
+        self.constant_values_ = values.double()[self.constant_columns_].clone()
+        self.n_features_modelled_ = int(self.kept_columns_.shape[0])
+        if self.n_features_modelled_ < 2:
+            raise ValueError(
+                f"x has {self.n_features_modelled_} non-constant column; at least 2 are needed"
+            )
 
     def _latent_width(self, dp: int) -> int:
         """k: ``latent_dim``, or with ``"auto"`` the smallest k whose top-k principal
@@ -377,7 +410,7 @@ class FlowAutoencoder(BaseEstimator):
                 f"{self.explained_variance:.3g} of the variance, but the flow acts on "
                 f"d_flow={self.d_flow_}; k={self.d_flow_} keeps {kept:.3g} of it (raise "
                 "d_flow to keep more)",
-                stacklevel=5,
+                stacklevel=6,
             )
         logger.info("FlowAutoencoder: latent_dim='auto' chose k=%d (%.4f of the variance)", k, kept)
         return k
@@ -420,7 +453,7 @@ class FlowAutoencoder(BaseEstimator):
     # ------------------------------------------------------------------ model
     def _build_model(self) -> _Model:
         gen = torch.Generator().manual_seed(int(self.seed))
-        flow_cls = get_flow(self.flow)
+        flow_cls = get_flow(self.flow_)
         flow = flow_cls(
             self.d_flow_, hidden=int(self.hidden), generator=gen, **(self.flow_options or {})
         )
@@ -428,6 +461,32 @@ class FlowAutoencoder(BaseEstimator):
             int(self.n_components), self.latent_dim_, self.covariance_type, self.min_variance
         )
         return _Model(cast(Flow, flow), mixture, self.d_flow_ - self.latent_dim_)
+
+    def _resolve_runtime(self) -> None:
+        """The flow (``flow_``) and whether the flow's networks run in bfloat16, once the
+        device is known."""
+        cuda = self._device.type == "cuda"
+        self.flow_ = ("cnf" if cuda else "coupling") if self.flow == "auto" else self.flow
+        amp = self.mixed_precision
+        self._amp = (cuda and self.dtype == "float32") if amp == "auto" else bool(amp)
+
+    def _flow_forward(self, model: _Model, y: Tensor) -> tuple[Tensor, Tensor]:
+        """``model.flow(y)``, under bfloat16 autocast while training with mixed precision
+        (evaluation and inference run in ``dtype``)."""
+        if not (getattr(self, "_amp", False) and model.training):
+            return model.flow(y)
+        with torch.autocast(self._device.type, dtype=torch.bfloat16):
+            u, logdet = model.flow(y)
+        return u.to(y.dtype), logdet.to(y.dtype)
+
+    def _flow_inverse(self, model: _Model, u: Tensor) -> Tensor:
+        """``model.flow.inverse(u)``, under bfloat16 autocast while training with mixed
+        precision."""
+        if not (getattr(self, "_amp", False) and model.training):
+            return model.flow.inverse(u)
+        with torch.autocast(self._device.type, dtype=torch.bfloat16):
+            y = model.flow.inverse(u)
+        return y.to(u.dtype)
 
     def _set_device_tensors(self) -> None:
         dt = _DTYPES[self.dtype]
@@ -442,7 +501,7 @@ class FlowAutoencoder(BaseEstimator):
     def _log_prob_terms(self, model: _Model, y: Tensor) -> tuple[Tensor, Tensor]:
         """``(log p(x), u)`` from PCA coordinates ``y``  # (n,), (n, d_flow)"""
         k, f = self.latent_dim_, self.d_flow_
-        u, logdet = model.flow(y[:, :f])
+        u, logdet = self._flow_forward(model, y[:, :f])
         lp = (
             model.mixture.log_prob(u[:, :k])
             + _gauss_log_prob(u[:, k:], self._noise_var(model))
@@ -458,7 +517,7 @@ class FlowAutoencoder(BaseEstimator):
         if self.reconstruction_weight > 0:
             k = self.latent_dim_
             u0 = torch.cat([u[:, :k], torch.zeros_like(u[:, k:])], dim=1)
-            err = ((model.flow.inverse(u0) - y[:, : self.d_flow_]) ** 2).sum(1).mean()
+            err = ((self._flow_inverse(model, u0) - y[:, : self.d_flow_]) ** 2).sum(1).mean()
             return nll + self.reconstruction_weight * err / self.n_features_modelled_, nll
         return nll, nll
 
@@ -468,7 +527,10 @@ class FlowAutoencoder(BaseEstimator):
 
         Parameters
         ----------
-        x : ActivationSet | Tensor | ndarray  # (n, d), n > d, finite
+        x : ActivationSet | Tensor | ndarray  # (n, d), n > d, finite; or an
+            :class:`~flowmatch.store.ActivationStore`: then the preprocessing comes from one
+            streaming pass and minibatches are read from disk, data-parallel under
+            ``torchrun`` (:mod:`flowmatch._store_fit`).
         y : ignored (scikit-learn convention).
 
         Returns
@@ -478,6 +540,10 @@ class FlowAutoencoder(BaseEstimator):
         self.validate_params()
         if self.checkpoint is not None:
             check_file_output(self.checkpoint, "FlowAutoencoder.checkpoint")
+        if isinstance(x, ActivationStore):
+            from flowmatch._store_fit import fit_store
+
+            return fit_store(self, x)
         x = as_matrix(x, "x", min_samples=2)
         n, d = x.shape
         if n <= d:
@@ -488,6 +554,7 @@ class FlowAutoencoder(BaseEstimator):
         x = x.detach().cpu().double()
         x = x[torch.as_tensor(np.lexsort(x.numpy().T[::-1].copy()))]  # canonical row order
         self._device = resolve_device(self.device)
+        self._resolve_runtime()
         self._fit_preprocessing(x)
         self._set_device_tensors()
         dt = _DTYPES[self.dtype]
@@ -569,6 +636,7 @@ class FlowAutoencoder(BaseEstimator):
         self.history_ = history
         self.n_epochs_, self.best_epoch_ = state["epoch"], state["best_epoch"]
         self.fit_seconds_ = state["seconds"]
+        self.n_steps_ = int(state["steps"])
         self.train_samples_per_second_ = n_seen / t_train if t_train > 0 else float("nan")
 
     def _epoch(

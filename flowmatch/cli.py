@@ -21,6 +21,7 @@ import sys
 import threading
 from collections.abc import Callable, Sequence
 from functools import partial
+from typing import Any
 
 from flowmatch import __version__
 
@@ -58,30 +59,54 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_fit(args: argparse.Namespace) -> int:
+def _load_activations(path: str):  # noqa: ANN202
+    """An ActivationStore for a store folder, else an ActivationSet (.safetensors / .npy)."""
     from flowmatch.activations import ActivationSet
+    from flowmatch.store import ActivationStore
+
+    return ActivationStore.open(path) if os.path.isdir(path) else ActivationSet.load(path)
+
+
+def _cmd_fit(args: argparse.Namespace) -> int:
+    from flowmatch import distributed
     from flowmatch.autoencoder import FlowAutoencoder
     from flowmatch.outputs import check_file_output
 
+    distributed.init_from_env()
+    main = distributed.is_main()
     ae = FlowAutoencoder(
-        latent_dim=args.latent_dim, flow=args.flow, seed=args.seed, device=args.device
+        latent_dim=args.latent_dim,
+        flow=args.flow,
+        seed=args.seed,
+        device=args.device,
+        batch_size=args.batch_size,
+        max_steps=args.max_steps,
+        checkpoint=args.checkpoint,
+        progress=main and not args.quiet,
     )
     ae.validate_params()
-    check_file_output(args.out, "FlowAutoencoder")
-    acts = ActivationSet.load(args.activations)
+    if main:
+        check_file_output(args.out, "FlowAutoencoder")
+    acts = _load_activations(args.activations)
     ae.fit(acts)
-    ae.save(args.out)
-    print(f"fitted {args.flow} autoencoder: d={acts.dim} → k={ae.latent_dim_}; wrote {args.out}")
+    if main:
+        ae.save(args.out)
+        where = f" on {distributed.world_size()} processes" if distributed.world_size() > 1 else ""
+        print(
+            f"fitted {ae.flow_} autoencoder{where}: d={ae.d_in_} → k={ae.latent_dim_} "
+            f"({ae.n_steps_} steps); wrote {args.out}"
+        )
+    distributed.barrier()
+    distributed.shutdown()
     return 0
 
 
 def _cmd_translate(args: argparse.Namespace) -> int:
-    from flowmatch.activations import ActivationSet
     from flowmatch.outputs import check_folder_output
     from flowmatch.translation import translate
 
     check_folder_output(args.out, "Translation")
-    a, b = ActivationSet.load(args.a), ActivationSet.load(args.b)
+    a, b = _load_activations(args.a), _load_activations(args.b)
     t = translate(a, b, seed=args.seed, progress=True)
     t.save(args.out)
     print(f"{t!r}\nwrote {args.out}")
@@ -133,6 +158,43 @@ def _latent_dim(text: str) -> int | str:
     return text if text == "auto" else int_argument(1)(text)
 
 
+def _add_fit_parser(sub: Any) -> None:
+    """``flowmatch fit``'s options."""
+    f = sub.add_parser(
+        "fit",
+        help="fit a flow autoencoder to activations (a store folder, .safetensors or .npy); "
+        "data-parallel under torchrun",
+    )
+    f.add_argument(
+        "activations",
+        help="an ActivationStore folder (streamed from disk), an ActivationSet .safetensors "
+        "file or an (n, d) .npy matrix",
+    )
+    f.add_argument("--out", required=True, help="where to write the autoencoder (.safetensors)")
+    f.add_argument(
+        "--latent-dim",
+        type=_latent_dim,
+        default="auto",
+        help="kept latent coordinates k, or 'auto'",
+    )
+    f.add_argument(
+        "--flow",
+        default="auto",
+        help="flow family: 'auto' (cnf on CUDA, coupling on the CPU), 'coupling' or 'cnf'",
+    )
+    f.add_argument("--seed", type=_seed, default=0, help="random seed")
+    f.add_argument("--device", default="auto", help="'auto' (CUDA when available), 'cpu', 'cuda'")
+    f.add_argument(
+        "--batch-size", type=int_argument(1), default=128, help="global minibatch (all processes)"
+    )
+    f.add_argument("--max-steps", type=int_argument(1), default=1200, help="optimiser steps")
+    f.add_argument(
+        "--checkpoint", help="checkpoint file: written while training, resumed from when present"
+    )
+    f.add_argument("--quiet", action="store_true", help="no progress bar")
+    f.set_defaults(func=_cmd_fit)
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="flowmatch",
@@ -163,22 +225,10 @@ def _parser() -> argparse.ArgumentParser:
     zt.add_argument("name", help="pair name, see 'flowmatch zoo list'")
     z.set_defaults(func=_cmd_zoo)
 
-    f = sub.add_parser("fit", help="fit a flow autoencoder to activations (.safetensors or .npy)")
-    f.add_argument("activations", help="ActivationSet .safetensors file or an (n, d) .npy matrix")
-    f.add_argument("--out", required=True, help="where to write the autoencoder (.safetensors)")
-    f.add_argument(
-        "--latent-dim",
-        type=_latent_dim,
-        default="auto",
-        help="kept latent coordinates k, or 'auto'",
-    )
-    f.add_argument("--flow", default="coupling", help="flow family: 'coupling' or 'cnf'")
-    f.add_argument("--seed", type=_seed, default=0, help="random seed")
-    f.add_argument("--device", default="auto", help="'auto' (CUDA when available), 'cpu', 'cuda'")
-    f.set_defaults(func=_cmd_fit)
+    _add_fit_parser(sub)
 
     t = sub.add_parser("translate", help="fit a zero-pair translation between two activation files")
-    t.add_argument("a", help="model A activations (.safetensors ActivationSet or .npy)")
+    t.add_argument("a", help="model A activations (store folder, .safetensors ActivationSet, .npy)")
     t.add_argument("b", help="model B activations (need not come from the same inputs)")
     t.add_argument("--out", required=True, help="output folder for the Translation")
     t.add_argument("--seed", type=_seed, default=0, help="random seed")

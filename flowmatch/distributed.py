@@ -27,6 +27,7 @@ __all__ = [
     "is_initialized",
     "is_main",
     "rank",
+    "shutdown",
     "world_size",
 ]
 
@@ -149,3 +150,9 @@ def broadcast_object(obj: Any, src: int = 0) -> Any:
     box = [obj if rank() == src else None]
     dist.broadcast_object_list(box, src=src)
     return box[0]
+
+
+def shutdown() -> None:
+    """Destroy the default process group if one is initialised (end of a ``torchrun`` job)."""
+    if is_initialized():
+        dist.destroy_process_group()

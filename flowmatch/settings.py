@@ -54,6 +54,7 @@ _RULES: dict[str, Callable[[str, Any], None]] = {
     "max_exact": lambda n, v: check_int(n, v, 2),
     "group_penalty": lambda n, v: check_real(n, v, 0.0),
     "anchor_weight": lambda n, v: check_real(n, v, 0.0),
+    "store_rows": lambda n, v: check_int(n, v, 10),
 }
 
 
@@ -104,6 +105,10 @@ class TranslateSettings:
             paired modes equal mass (``group_penalty`` > 0 also penalises crossing them).
     Known pairs
         anchor_weight : weight of each known pair in the balancing steps, in transported rows.
+    Activation stores
+        store_rows : a side given as an :class:`~flowmatch.store.ActivationStore` has its flow
+            autoencoder fitted on every row (streamed), and the coordinates, trees and map
+            fitted on a seeded uniform draw of this many rows (``info["rows"]``).
     """
 
     n_components: int | None = None
@@ -128,6 +133,7 @@ class TranslateSettings:
     max_exact: int = 1500
     group_penalty: float = 0.0
     anchor_weight: float = 10.0
+    store_rows: int = 50_000
 
     def __post_init__(self) -> None:
         if isinstance(self.starts, list):

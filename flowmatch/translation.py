@@ -304,9 +304,16 @@ merge are treated as noise; the criterion does not change under rotation, transl
 scaling of a latent."""
 
 
-def _autoencoder(side: Any, data: Any, params: dict[str, Any], seed: int, name: str):
+def _autoencoder(
+    side: Any, data: Any, params: dict[str, Any], seed: int, name: str, store_rows: int
+):
     """A fitted autoencoder and the rows the map and the tree are fitted on."""
     from flowmatch.autoencoder import FlowAutoencoder
+    from flowmatch.store import ActivationStore
+
+    if isinstance(side, ActivationStore):  # the flow on every row, the rest on a draw
+        ae = FlowAutoencoder(**{"seed": seed, **params}).fit(side)
+        return ae, side.subsample(store_rows, seed=seed).x
 
     if hasattr(side, "encode") and hasattr(side, "latent_log_prob"):
         check_fitted(side, "latent_dim_")
@@ -587,8 +594,10 @@ def translate(
     Parameters
     ----------
     a, b : activations (ActivationSet / Tensor / ndarray (n, d)), then a flow autoencoder is
-        fitted to each; or fitted FlowAutoencoders (then ``data_a``/``data_b`` give the rows,
-        default: samples of their densities). The two sets need not share inputs.
+        fitted to each; or an :class:`~flowmatch.store.ActivationStore` (its autoencoder is
+        fitted on every row, streamed; the rest on ``store_rows`` of them); or fitted
+        FlowAutoencoders (then ``data_a``/``data_b`` give the rows, default: samples of their
+        densities). The two sets need not share inputs.
     pairs : optional known correspondences ``(idx_a, idx_b)`` into the rows of A and B: extra
         anchors for the starting maps and the balancing steps.
     settings : :class:`~flowmatch.settings.TranslateSettings`; ``**options`` override its
@@ -616,8 +625,8 @@ def translate(
     if "n_modes" in (tree_params or {}) and "min_prominence" not in (tree_params or {}):
         tp.pop("min_prominence")
     ae_params = {"progress": progress, **_AE_DEFAULTS, **(autoencoder_params or {})}
-    ae_a, xa = _autoencoder(a, data_a, ae_params, seed, "a")
-    ae_b, xb = _autoencoder(b, data_b, ae_params, seed + 1, "b")
+    ae_a, xa = _autoencoder(a, data_a, ae_params, seed, "a", s.store_rows)
+    ae_b, xb = _autoencoder(b, data_b, ae_params, seed + 1, "b", s.store_rows)
     order_a, order_b = _canonical(xa), _canonical(xb)
     xa, xb = xa[torch.as_tensor(order_a)], xb[torch.as_tensor(order_b)]
     known = _pairs(pairs, len(xa), len(xb))
@@ -641,6 +650,7 @@ def translate(
     bar.close()
     info.update(
         n_components=int(coords[0].n_components),
+        rows={"a": len(xa), "b": len(xb)},
         explained_variance=[float(c.explained_variance_ratio_.sum()) for c in coords],
         n_modes_a=len(trees[0].leaves_),
         n_modes_b=len(trees[1].leaves_),
