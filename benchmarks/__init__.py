@@ -31,6 +31,7 @@ BENCHMARKS: dict[str, str] = {
     "polytope": "polytope (spline-code) densities and code clusters on the zoo models",
     "embeddings": "zero-pair translation between pretrained sentence encoders (extra [text])",
     "speed": "translate vs mini-vec2vec wall time and peak memory at 5e3-1e5 rows",
+    "scale": "activation stores on disk to a translation at 1e6 rows; 1 vs 2 processes",
 }
 
 __all__ = ["BENCHMARKS"]

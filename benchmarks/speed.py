@@ -22,9 +22,35 @@ import torch
 
 from benchmarks._common import peak_rss_mb, print_table, run_isolated, running
 
-__all__ = ["SpeedBench", "add_arguments", "main", "measure_speed", "rotated_mixture"]
+__all__ = [
+    "RotatedMixture",
+    "SpeedBench",
+    "add_arguments",
+    "main",
+    "measure_speed",
+    "rotated_mixture",
+]
 
 METHODS = ("flowmatch", "mini_vec2vec")
+
+
+class RotatedMixture:
+    """The synthetic distribution (see the module docstring), built from ``rng``: a
+    50-component mixture on a ``min(32, d)``-dimensional subspace plus power-law noise, rows
+    L2-normalised; ``rotation`` is the hidden (d, d) orthogonal map from A to B."""
+
+    def __init__(self, d: int, rng: np.random.Generator) -> None:
+        self.k, self.w = 50, min(32, d)
+        self.centres = rng.standard_normal((self.k, self.w)) * 2.0
+        self.lift = np.linalg.qr(rng.standard_normal((d, self.w)))[0]  # (d, w) orthonormal
+        self.noise_sd = 0.3 * np.arange(1, d + 1) ** -0.5
+        self.rotation = np.linalg.qr(rng.standard_normal((d, d)))[0].astype(np.float32)
+
+    def draw(self, m: int, rng: np.random.Generator) -> np.ndarray:
+        """``m`` rows of A's distribution  # (m, d) float32"""
+        z = self.centres[rng.integers(self.k, size=m)] + rng.standard_normal((m, self.w))
+        x = z @ self.lift.T + rng.standard_normal((m, len(self.noise_sd))) * self.noise_sd
+        return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
 
 
 def rotated_mixture(n: int, d: int, *, n_test: int = 1000, seed: int = 0):
@@ -32,19 +58,9 @@ def rotated_mixture(n: int, d: int, *, n_test: int = 1000, seed: int = 0):
     ``b = a' @ q.T`` for other draws ``a'`` and a hidden rotation ``q`` (see the module
     docstring)."""
     rng = np.random.default_rng(seed)
-    k, w = 50, min(32, d)
-    centres = rng.standard_normal((k, w)) * 2.0
-    lift = np.linalg.qr(rng.standard_normal((d, w)))[0]  # (d, w) orthonormal
-    noise_sd = 0.3 * np.arange(1, d + 1) ** -0.5
-    q = np.linalg.qr(rng.standard_normal((d, d)))[0]
-
-    def draw(m: int) -> np.ndarray:
-        z = centres[rng.integers(k, size=m)] + rng.standard_normal((m, w))
-        x = z @ lift.T + rng.standard_normal((m, d)) * noise_sd
-        return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
-
-    a, other, test = draw(n), draw(n), draw(n_test)
-    rot = q.astype(np.float32)
+    dist = RotatedMixture(d, rng)
+    a, other, test = dist.draw(n, rng), dist.draw(n, rng), dist.draw(n_test, rng)
+    rot = dist.rotation
     return a, other @ rot.T, test, test @ rot.T
 
 
