@@ -43,6 +43,7 @@ _RULES: dict[str, Callable[[str, Any], None]] = {
     "n_gw_starts": lambda n, v: check_int(n, v, 0),
     "n_probe": lambda n, v: check_int(n, v, 0),
     "n_finalists": lambda n, v: check_int(n, v, 1),
+    "n_survivors": lambda n, v: check_int(n, v, 1),
     "n_refine": lambda n, v: check_int(n, v, 0),
     "refine_batch": lambda n, v: check_int(n, v, 2),
     "smoothing": lambda n, v: check_real(n, v, 0.0, 1.0, high_open=True),
@@ -88,8 +89,10 @@ class TranslateSettings:
     Refine and select
         n_probe : nearest-neighbour refinement rounds every candidate gets before the
             selection criterion (:func:`flowmatch.refinement.alignment_score`) picks one.
-        n_finalists : the candidates with the best probe scores that are refined in full; the
-            one with the best score at the full width is kept.
+        n_finalists : the candidates with the best probe scores that are refined at the
+            schedule's first two widths.
+        n_survivors : the finalists with the best score at the second width that are refined
+            through the full width; the one with the best score there is kept.
         n_refine : rounds each finalist gets at each width of the coarse-to-fine schedule
             (``n_probe`` of the first width's already done).
         refine_batch, smoothing, max_targets : A rows per round, weight of the previous map in
@@ -122,6 +125,7 @@ class TranslateSettings:
     n_gw_starts: int = 2
     n_probe: int = 20
     n_finalists: int = 5
+    n_survivors: int = 2
     n_refine: int = 100
     refine_batch: int = 1000
     smoothing: float = 0.5

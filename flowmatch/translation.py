@@ -435,12 +435,15 @@ def _round_options(s: TranslateSettings) -> dict[str, Any]:
     }
 
 
-def _refine_schedule(
-    u_a: Tensor, u_b: Tensor, rot: Tensor, settings: TranslateSettings, seed: int
+def _refine_stages(
+    u_a: Tensor, u_b: Tensor, rot: Tensor, settings: TranslateSettings, seed: int, stages: range
 ) -> Tensor:
-    """One probed map (p0, p0) refined at every width of the schedule  # → (p, p)."""
+    """A map refined at the schedule's widths ``stages`` (indices into :func:`search_widths`),
+    each widened from the one before  # (w, w) → (widths[stages[-1]], same)."""
     s, rounds = settings, _round_options(settings)
-    for stage, width in enumerate(search_widths(u_a.shape[1], s.search_components)):
+    widths = search_widths(u_a.shape[1], s.search_components)
+    for stage in stages:
+        width = widths[stage]
         rot = refine_nearest(
             u_a[:, :width],
             u_b[:, :width],
@@ -466,31 +469,40 @@ def refine_and_select(
     Every start (maps between the ``p0`` leading coordinates, :func:`search_widths`) gets
     ``n_probe`` nearest-neighbour rounds and its score
     (:func:`~flowmatch.refinement.alignment_score`, CSLS at ``p0``). The ``n_finalists`` best
-    get ``n_refine`` rounds at each width of the schedule — the map found on the strong
-    directions is the start on the next, wider set; the finalist with the best CSLS at the full
-    width is kept and gets the cluster correction. (Probe scores at ``p0`` rank the starts
-    roughly; on the manual-page embeddings the start that wins at the full width was fourth of
-    five there.)
+    get ``n_refine`` rounds at each of the schedule's first two widths — the map found on the
+    strong directions is the start on the next, wider set; the ``n_survivors`` best of them by
+    CSLS at the second width go on through the remaining widths, and the one with the best
+    CSLS at the full width is kept and gets the cluster correction. (Probe scores at ``p0``
+    rank the starts roughly — on the manual-page embeddings the start that wins at the full
+    width was fourth of five there — while at the second width it was first, as on WordNet.)
 
     Returns
     -------
     name : the kept start ; rotation : Tensor  # (p, p) ; scores : per start, its score after
-        the probe rounds, ``"<name>/final"`` per finalist at the full width, and ``"final"``
-        for the kept map.
+        the probe rounds, ``"<name>/w<width>"`` per finalist at the second width,
+        ``"<name>/final"`` per survivor at the full width, and ``"final"`` for the kept map.
     """
-    s, rounds = settings, _round_options(settings)
-    p0 = search_widths(u_a.shape[1], s.search_components)[0]
+    s = settings
+    widths = search_widths(u_a.shape[1], s.search_components)
+    p0, cut = widths[0], min(2, len(widths))
     ua0, ub0 = u_a[:, :p0], u_b[:, :p0]
     probed, scores = {}, {}
     for name, rot in starts.items():
-        probed[name] = refine_nearest(ua0, ub0, rot, n_rounds=s.n_probe, seed=seed, **rounds)
+        probed[name] = refine_nearest(
+            ua0, ub0, rot, n_rounds=s.n_probe, seed=seed, **_round_options(s)
+        )
         scores[name] = asdict(alignment_score(ua0, ub0, probed[name]))
     ranked = sorted(probed, key=lambda name: -scores[name]["csls"])[: s.n_finalists]
-    refined = {}
+    wc, partial = widths[cut - 1], {}
     for name in tqdm(ranked, desc="finalists", disable=not progress, leave=False):
-        refined[name] = _refine_schedule(u_a, u_b, probed[name], s, seed)
+        partial[name] = _refine_stages(u_a, u_b, probed[name], s, seed, range(cut))
+        scores[f"{name}/w{wc}"] = asdict(alignment_score(u_a[:, :wc], u_b[:, :wc], partial[name]))
+    survivors = sorted(ranked, key=lambda name: -scores[f"{name}/w{wc}"]["csls"])
+    refined = {}
+    for name in survivors[: s.n_survivors]:
+        refined[name] = _refine_stages(u_a, u_b, partial[name], s, seed, range(cut, len(widths)))
         scores[f"{name}/final"] = asdict(alignment_score(u_a, u_b, refined[name]))
-    kept = max(ranked, key=lambda name: scores[f"{name}/final"]["csls"])
+    kept = max(refined, key=lambda name: scores[f"{name}/final"]["csls"])
     rot = refined[kept]
     if s.n_refine_clusters:
         rot = refine_clusters(

@@ -31,12 +31,18 @@ def test_a_hidden_rotation_is_recovered_without_pairs(rotation):
 def test_every_start_is_scored_and_the_best_is_kept(rotation):
     *_, t = rotation
     scores = t.info_["scores"]
-    starts = {k: v["csls"] for k, v in scores.items() if "final" not in k}
+    starts = {k: v["csls"] for k, v in scores.items() if "final" not in k and "/" not in k}
     assert set(starts) == {"clusters", "modes", "moments", "gw0", "gw1"}
-    # the best probes are refined in full; the best of them at the full width is kept
-    finalists = sorted(starts, key=lambda k: -starts[k])[: t.info_["settings"]["n_finalists"]]
-    assert {k for k in scores if k.endswith("/final")} == {f"{k}/final" for k in finalists}
-    finals = {k: scores[f"{k}/final"]["csls"] for k in finalists}
+    # the best probes are refined at two widths, the best there in full, and the best of
+    # those at the full width is kept
+    settings = t.info_["settings"]
+    finalists = sorted(starts, key=lambda k: -starts[k])[: settings["n_finalists"]]
+    (width,) = {k.split("/w")[1] for k in scores if "/w" in k}
+    assert {k for k in scores if "/w" in k} == {f"{k}/w{width}" for k in finalists}
+    mid = {k: scores[f"{k}/w{width}"]["csls"] for k in finalists}
+    survivors = sorted(mid, key=lambda k: -mid[k])[: settings["n_survivors"]]
+    assert {k for k in scores if k.endswith("/final")} == {f"{k}/final" for k in survivors}
+    finals = {k: scores[f"{k}/final"]["csls"] for k in survivors}
     assert t.info_["initialisation"] == max(finals, key=finals.get)
     assert "final" in scores  # the kept map after the cluster correction
     assert t.info_["settings"]["n_refine"] == 40
