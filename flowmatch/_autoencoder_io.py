@@ -5,20 +5,29 @@ A model file holds the preprocessing arrays and the flow/mixture state dict as t
 NLL) as JSON. Loading restores known entries only, each checked (type, dtype, shape, finite
 values, consistent sizes), so that a forged or damaged file fails with a one-line
 :class:`~flowmatch._io.ArtefactError` naming the file and the entry.
+
+Training checkpoints (in-memory and store fits alike) hold the model's and the best state's
+tensors (``model.*``, ``best.*``), the optimiser's per-parameter state (``opt.<i>.<key>``)
+and, as JSON, the fit's fingerprint, its loop state, its history and the optimiser's
+parameter groups: :func:`save_checkpoint`, :func:`restore_checkpoint`.
 """
 
 from __future__ import annotations
 
 import inspect
 import math
+from collections.abc import Callable
 from typing import Any
 
 import torch
+from torch import Tensor, nn
 
-from flowmatch._io import Artefact
+from flowmatch._io import Artefact, save_state
 from flowmatch.validation import resolve_device
 
-__all__ = ["restore", "state_of"]
+__all__ = ["CHECKPOINT_KIND", "restore", "restore_checkpoint", "save_checkpoint", "state_of"]
+
+CHECKPOINT_KIND = "FlowAutoencoder.checkpoint"
 
 INTS = ("d_in_", "n_features_modelled_", "latent_dim_", "d_flow_", "n_epochs_", "best_epoch_")
 TIMINGS = ("fit_seconds_", "train_samples_per_second_")  # never saved: not reproducible
@@ -134,3 +143,56 @@ def _history(art: Artefact) -> dict[str, list[float]]:
             raise art.error(f"'history' entry {key!r} must be a list of numbers")
         out[key] = [float(v) for v in values]
     return out
+
+
+def save_checkpoint(
+    path: Any,
+    model: nn.Module,
+    opt: torch.optim.Optimizer,
+    best_state: dict[str, Tensor],
+    meta: dict[str, Any],
+) -> None:
+    """Write a training checkpoint to ``path``: the tensors above and ``meta`` (fingerprint,
+    loop state, history) with the optimiser's parameter groups."""
+    tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+    tensors.update({f"best.{k}": v for k, v in best_state.items()})
+    opt_sd = opt.state_dict()
+    for idx, st in opt_sd["state"].items():
+        for key, val in st.items():
+            tensors[f"opt.{idx}.{key}"] = torch.as_tensor(val)
+    meta = {**meta, "param_groups": opt_sd["param_groups"]}
+    save_state(str(path), tensors, meta, kind=CHECKPOINT_KIND)
+
+
+def restore_checkpoint(
+    art: Artefact,
+    model: nn.Module,
+    opt: torch.optim.Optimizer,
+    device: torch.device,
+    check_state: Callable[[dict, dict], None],
+) -> tuple[dict[str, Any], dict[str, Any], dict[str, Tensor]]:
+    """Load a checkpoint's model and optimiser state into ``model`` and ``opt`` (on
+    ``device``); return its loop state, history and best state. ``check_state(state,
+    history)`` raises for a loop state the caller cannot use; any bad entry raises the
+    artefact's one-line error."""
+    tensors, meta = art.tensors, art.meta
+
+    def prefixed(prefix: str) -> dict[str, Tensor]:
+        return {k[len(prefix) :]: v.to(device) for k, v in tensors.items() if k.startswith(prefix)}
+
+    try:
+        best = prefixed("best.")
+        model.load_state_dict(best)  # checks the best state too
+        model.load_state_dict(prefixed("model."))
+        opt_state: dict[int, dict[str, Tensor]] = {}
+        for key, val in tensors.items():
+            if key.startswith("opt."):
+                _, idx, name = key.split(".", 2)
+                moved = val if name == "step" else val.to(device)
+                opt_state.setdefault(int(idx), {})[name] = moved
+        opt.load_state_dict({"state": opt_state, "param_groups": meta["param_groups"]})
+        state, history = dict(meta["state"]), dict(meta["history"])
+        check_state(state, history)
+    except (KeyError, RuntimeError, ValueError, TypeError) as err:
+        raise art.error(f"not a usable checkpoint ({err}); delete it to train afresh") from None
+    return state, history, best

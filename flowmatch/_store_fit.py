@@ -46,8 +46,8 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from flowmatch import distributed
-from flowmatch._io import load_state, save_state
+from flowmatch import _autoencoder_io, distributed
+from flowmatch._io import load_state
 from flowmatch.streaming import Moments
 from flowmatch.validation import resolve_device
 
@@ -57,7 +57,6 @@ logger = logging.getLogger("flowmatch")
 
 MAX_VALIDATION_ROWS = 20_000
 MAX_INIT_ROWS = 20_000
-_KIND = "FlowAutoencoder.checkpoint"  # as in-memory fits: the fingerprints tell them apart
 
 
 class _Objective(nn.Module):
@@ -106,7 +105,7 @@ def fit_store(ae: Any, store: Any) -> Any:
     model, y_val = _initial_model(ae, store, val_ids, init_ids)
     ae.model_ = model
     lap("init")
-    _Trainer(ae, store, model, y_val, len(val_ids), train_ids).run()
+    _Trainer(ae, store, model, y_val, train_ids).run()
     lap("train")
     ae.model_.eval()
     ae.fit_stage_seconds_ = seconds
@@ -148,13 +147,7 @@ def _initial_model(
     y_init = ae._to_pca(ae._working(rows[np.searchsorted(ids, init_ids)]))
     y_val = ae._to_pca(ae._working(rows[np.searchsorted(ids, mine)]))
     del rows
-    model = ae._build_model()
-    model.mixture.init_from_data(y_init[:, : ae.latent_dim_], int(ae.seed))
-    k, f = ae.latent_dim_, ae.d_flow_
-    with torch.no_grad():
-        if f > k:
-            noise = y_init[:, k:f].double().var(0, unbiased=False)
-            model.noise_log_var.copy_(torch.log((noise - ae.min_variance).clamp_min(1e-12)))
+    model = ae._initial_model(y_init)
     return model.to(ae._device, getattr(torch, ae.dtype)), y_val
 
 
@@ -162,10 +155,10 @@ class _Trainer:
     """The streamed training loop of one process (see the module docstring)."""
 
     def __init__(
-        self, ae: Any, store: Any, model: nn.Module, y_val: Tensor, n_val: int, train_ids: Any
+        self, ae: Any, store: Any, model: nn.Module, y_val: Tensor, train_ids: Any
     ) -> None:
         self.ae, self.store, self.model, self.y_val = ae, store, model, y_val
-        self.n_val, self.train_ids = n_val, train_ids
+        self.train_ids = train_ids
         self.rank, self.world = distributed.rank(), distributed.world_size()
         batch = int(ae.batch_size)
         if batch % self.world:
@@ -321,25 +314,16 @@ class _Trainer:
     def _save(self) -> None:
         """Rank 0 writes the checkpoint; every rank waits for it."""
         if distributed.is_main():
-            tensors = {f"model.{k}": v for k, v in self.model.state_dict().items()}
-            tensors.update({f"best.{k}": v for k, v in self.best_state.items()})
-            opt_sd = self.opt.state_dict()
-            for idx, st in opt_sd["state"].items():
-                for key, val in st.items():
-                    tensors[f"opt.{idx}.{key}"] = torch.as_tensor(val)
-            meta = {
-                "fingerprint": self.fingerprint,
-                "state": self.state,
-                "history": self.history,
-                "param_groups": opt_sd["param_groups"],
-            }
-            save_state(str(self.ae.checkpoint), tensors, meta, kind=_KIND)
+            meta = {"fingerprint": self.fingerprint, "state": self.state, "history": self.history}
+            _autoencoder_io.save_checkpoint(
+                self.ae.checkpoint, self.model, self.opt, self.best_state, meta
+            )
         distributed.barrier()
 
     def _resume(self) -> None:
         """Restore model, optimiser, best state and position from the checkpoint."""
         ae = self.ae
-        art = load_state(ae.checkpoint, _KIND)
+        art = load_state(ae.checkpoint, _autoencoder_io.CHECKPOINT_KIND)
         if art.meta.get("fingerprint") != self.fingerprint:
             warnings.warn(
                 f"checkpoint {ae.checkpoint} was written for another store or other "
@@ -347,23 +331,14 @@ class _Trainer:
                 stacklevel=5,
             )
             return
-        dev, tensors = ae._device, art.tensors
-        try:
-            self.model.load_state_dict(_prefixed(tensors, "best.", dev))
-            self.best_state = copy.deepcopy(self.model.state_dict())
-            self.model.load_state_dict(_prefixed(tensors, "model.", dev))
-            opt_state: dict[int, dict[str, Tensor]] = {}
-            for key, val in tensors.items():
-                if key.startswith("opt."):
-                    _, idx, name = key.split(".", 2)
-                    moved = val if name == "step" else val.to(dev)
-                    opt_state.setdefault(int(idx), {})[name] = moved
-            self.opt.load_state_dict({"state": opt_state, "param_groups": art.meta["param_groups"]})
-            state, history = dict(art.meta["state"]), dict(art.meta["history"])
+
+        def check(state: dict, history: dict) -> None:
             if set(state) != set(self.state) or set(history) != set(self.history):
                 raise KeyError("state")
-        except (KeyError, RuntimeError, ValueError, TypeError) as err:
-            raise art.error(f"not a usable checkpoint ({err}); delete it to train afresh") from None
+
+        state, history, self.best_state = _autoencoder_io.restore_checkpoint(
+            art, self.model, self.opt, ae._device, check
+        )
         self.state, self.history = state, {k: list(v) for k, v in history.items()}
         logger.info("FlowAutoencoder: resumed from %s at step %d", ae.checkpoint, state["steps"])
 
@@ -378,14 +353,9 @@ def _freeze_unused(net: nn.Module, y: Tensor) -> None:
             p.requires_grad_(False)
 
 
-def _prefixed(tensors: dict[str, Tensor], prefix: str, dev: torch.device) -> dict[str, Tensor]:
-    return {k[len(prefix) :]: v.to(dev) for k, v in tensors.items() if k.startswith(prefix)}
-
-
 def _fingerprint(ae: Any, store: Any) -> str:
     """Hash of the hyperparameters that shape training and of the store's manifest."""
-    skip = ("progress", "checkpoint", "checkpoint_every", "max_epochs", "max_steps", "max_time",
-            "patience", "device")  # fmt: skip
+    skip = (*ae._RESUMABLE_PARAMS, "device")
     params = {k: v for k, v in ae.get_params().items() if k not in skip}
     blob = json.dumps([params, store.manifest], sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()

@@ -59,6 +59,7 @@ Grathwohl et al. (2019). FFJORD. ICLR.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import json
@@ -470,23 +471,12 @@ class FlowAutoencoder(BaseEstimator):
         amp = self.mixed_precision
         self._amp = (cuda and self.dtype == "float32") if amp == "auto" else bool(amp)
 
-    def _flow_forward(self, model: _Model, y: Tensor) -> tuple[Tensor, Tensor]:
-        """``model.flow(y)``, under bfloat16 autocast while training with mixed precision
-        (evaluation and inference run in ``dtype``)."""
-        if not (getattr(self, "_amp", False) and model.training):
-            return model.flow(y)
-        with torch.autocast(self._device.type, dtype=torch.bfloat16):
-            u, logdet = model.flow(y)
-        return u.to(y.dtype), logdet.to(y.dtype)
-
-    def _flow_inverse(self, model: _Model, u: Tensor) -> Tensor:
-        """``model.flow.inverse(u)``, under bfloat16 autocast while training with mixed
-        precision."""
-        if not (getattr(self, "_amp", False) and model.training):
-            return model.flow.inverse(u)
-        with torch.autocast(self._device.type, dtype=torch.bfloat16):
-            y = model.flow.inverse(u)
-        return y.to(u.dtype)
+    def _flow_precision(self, model: _Model) -> contextlib.AbstractContextManager:
+        """bfloat16 autocast for the flow while training with mixed precision; otherwise
+        (evaluation, inference) nothing changes and the flow runs in ``dtype``."""
+        if getattr(self, "_amp", False) and model.training:
+            return torch.autocast(self._device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
 
     def _set_device_tensors(self) -> None:
         dt = _DTYPES[self.dtype]
@@ -501,7 +491,9 @@ class FlowAutoencoder(BaseEstimator):
     def _log_prob_terms(self, model: _Model, y: Tensor) -> tuple[Tensor, Tensor]:
         """``(log p(x), u)`` from PCA coordinates ``y``  # (n,), (n, d_flow)"""
         k, f = self.latent_dim_, self.d_flow_
-        u, logdet = self._flow_forward(model, y[:, :f])
+        with self._flow_precision(model):
+            u, logdet = model.flow(y[:, :f])
+        u, logdet = u.to(y.dtype), logdet.to(y.dtype)
         lp = (
             model.mixture.log_prob(u[:, :k])
             + _gauss_log_prob(u[:, k:], self._noise_var(model))
@@ -517,7 +509,9 @@ class FlowAutoencoder(BaseEstimator):
         if self.reconstruction_weight > 0:
             k = self.latent_dim_
             u0 = torch.cat([u[:, :k], torch.zeros_like(u[:, k:])], dim=1)
-            err = ((self._flow_inverse(model, u0) - y[:, : self.d_flow_]) ** 2).sum(1).mean()
+            with self._flow_precision(model):
+                y_hat = model.flow.inverse(u0)
+            err = ((y_hat.to(y.dtype) - y[:, : self.d_flow_]) ** 2).sum(1).mean()
             return nll + self.reconstruction_weight * err / self.n_features_modelled_, nll
         return nll, nll
 
@@ -563,28 +557,36 @@ class FlowAutoencoder(BaseEstimator):
         n_val = int(round(self.validation_fraction * n)) if n >= 20 else 0
         order = torch.randperm(n, generator=gen).to(self._device)
         y_val, y_tr = (y_all[order[:n_val]], y_all[order[n_val:]]) if n_val else (y_all, y_all)
-        model = self._build_model()
-        model.mixture.init_from_data(y_tr[:, : self.latent_dim_], int(self.seed))
-        if self.d_flow_ > self.latent_dim_:  # flow-noise coordinates exist
-            with torch.no_grad():
-                noise = y_tr[:, self.latent_dim_ : self.d_flow_].double().var(0, unbiased=False)
-                model.noise_log_var.copy_(torch.log((noise - self.min_variance).clamp_min(1e-12)))
-        model = model.to(self._device, dt)
+        model = self._initial_model(y_tr).to(self._device, dt)
         self.model_ = model
         self._train(model, y_tr, y_val, self._fingerprint(x))
         self.model_.eval()
         return self
 
+    def _initial_model(self, y: Tensor) -> _Model:
+        """A new model whose mixture is fitted by EM to the latent block of the principal
+        coordinates ``y`` and whose flow-noise variances are ``y``'s  # y: (n, d')"""
+        model = self._build_model()
+        model.mixture.init_from_data(y[:, : self.latent_dim_], int(self.seed))
+        if self.d_flow_ > self.latent_dim_:  # flow-noise coordinates exist
+            with torch.no_grad():
+                noise = y[:, self.latent_dim_ : self.d_flow_].double().var(0, unbiased=False)
+                model.noise_log_var.copy_(torch.log((noise - self.min_variance).clamp_min(1e-12)))
+        return model
+
+    #: parameters a fit may be resumed with other values of (a larger budget, say)
+    _RESUMABLE_PARAMS = (
+        "progress",
+        "checkpoint",
+        "checkpoint_every",
+        "max_epochs",
+        "max_steps",
+        "max_time",
+        "patience",
+    )
+
     def _fingerprint(self, x: Tensor) -> str:
-        skip = (
-            "progress",
-            "checkpoint",
-            "checkpoint_every",
-            "max_epochs",
-            "max_steps",
-            "max_time",
-            "patience",
-        )  # a run may be resumed with a larger budget
+        skip = self._RESUMABLE_PARAMS
         params = {k: v for k, v in self.get_params().items() if k not in skip}
         blob = json.dumps(params, sort_keys=True, default=str).encode()
         return hashlib.sha256(blob + x.numpy().tobytes()).hexdigest()
@@ -687,52 +689,25 @@ class FlowAutoencoder(BaseEstimator):
 
     # ------------------------------------------------------------------ checkpoints
     def _save_checkpoint(self, model, opt, state, history, best_state, fingerprint) -> None:  # noqa: ANN001
-        tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
-        tensors.update({f"best.{k}": v for k, v in best_state.items()})
-        opt_sd = opt.state_dict()
-        for idx, st in opt_sd["state"].items():
-            for key, val in st.items():
-                tensors[f"opt.{idx}.{key}"] = torch.as_tensor(val)
-        meta = {
-            "fingerprint": fingerprint,
-            "state": state,
-            "history": history,
-            "param_groups": opt_sd["param_groups"],
-        }
-        save_state(str(self.checkpoint), tensors, meta, kind="FlowAutoencoder.checkpoint")
+        meta = {"fingerprint": fingerprint, "state": state, "history": history}
+        _autoencoder_io.save_checkpoint(self.checkpoint, model, opt, best_state, meta)
 
     def _load_checkpoint(self, model, opt, fingerprint):  # noqa: ANN001, ANN202
-        art = load_state(self.checkpoint, "FlowAutoencoder.checkpoint")
-        tensors, meta = art.tensors, art.meta
-        if meta.get("fingerprint") != fingerprint:
+        art = load_state(self.checkpoint, _autoencoder_io.CHECKPOINT_KIND)
+        if art.meta.get("fingerprint") != fingerprint:
             warnings.warn(
                 f"checkpoint {self.checkpoint} was written for other data or hyperparameters; "
                 "training starts afresh",
                 stacklevel=4,
             )
             return None
-        dev = self._device
-        try:
-            model.load_state_dict(
-                {k[6:]: v.to(dev) for k, v in tensors.items() if k.startswith("model.")}
-            )
-            best = {k[5:]: v.to(dev) for k, v in tensors.items() if k.startswith("best.")}
-            model.load_state_dict(best)  # checks the best state too; restored again later
-            model.load_state_dict(
-                {k[6:]: v.to(dev) for k, v in tensors.items() if k.startswith("model.")}
-            )
-            opt_state: dict[int, dict[str, Tensor]] = {}
-            for key, val in tensors.items():
-                if key.startswith("opt."):
-                    _, idx, name = key.split(".", 2)
-                    opt_state.setdefault(int(idx), {})[name] = (
-                        val if name == "step" else val.to(dev)
-                    )
-            opt.load_state_dict({"state": opt_state, "param_groups": meta["param_groups"]})
-            state, history = dict(meta["state"]), dict(meta["history"])
+
+        def check(state: dict, history: dict) -> None:
             int(state["epoch"]), float(state["best"]), int(state["steps"])
-        except (KeyError, RuntimeError, ValueError, TypeError) as err:
-            raise art.error(f"not a usable checkpoint ({err}); delete it to train afresh") from None
+
+        state, history, best = _autoencoder_io.restore_checkpoint(
+            art, model, opt, self._device, check
+        )
         logger.info("FlowAutoencoder: resumed from %s at epoch %d", self.checkpoint, state["epoch"])
         return state, history, best
 
