@@ -432,14 +432,22 @@ def _round_options(s: TranslateSettings) -> dict[str, Any]:
         "smoothing": s.smoothing,
         "max_targets": s.max_targets,
         "orthogonal": s.orthogonal,
+        "tol": s.refine_tol,
     }
 
 
 def _refine_stages(
-    u_a: Tensor, u_b: Tensor, rot: Tensor, settings: TranslateSettings, seed: int, stages: range
+    u_a: Tensor,
+    u_b: Tensor,
+    rot: Tensor,
+    settings: TranslateSettings,
+    seed: int,
+    stages: range,
+    trace: list[float] | None = None,
 ) -> Tensor:
     """A map refined at the schedule's widths ``stages`` (indices into :func:`search_widths`),
-    each widened from the one before  # (w, w) → (widths[stages[-1]], same)."""
+    each widened from the one before  # (w, w) → (widths[stages[-1]], same). Each round's fit
+    is appended to ``trace`` (a list) when given."""
     s, rounds = settings, _round_options(settings)
     widths = search_widths(u_a.shape[1], s.search_components)
     for stage in stages:
@@ -450,6 +458,7 @@ def _refine_stages(
             _widened(rot, width),
             n_rounds=max(s.n_refine - (s.n_probe if stage == 0 else 0), 0),
             seed=seed + 1 + stage,
+            trace=trace,
             **rounds,
         )
     return rot
@@ -469,8 +478,9 @@ def refine_and_select(
     Every start (maps between the ``p0`` leading coordinates, :func:`search_widths`) gets
     ``n_probe`` nearest-neighbour rounds and its score
     (:func:`~flowmatch.refinement.alignment_score`, CSLS at ``p0``). The ``n_finalists`` best
-    get ``n_refine`` rounds at each of the schedule's first two widths — the map found on the
-    strong directions is the start on the next, wider set; the ``n_survivors`` best of them by
+    get up to ``n_refine`` rounds at each of the schedule's first two widths (fewer once the
+    CSLS stops rising, ``refine_tol``) — the map found on the strong directions is the start
+    on the next, wider set; the ``n_survivors`` best of them by
     CSLS at the second width go on through the remaining widths, and the one with the best
     CSLS at the full width is kept and gets the cluster correction. (Probe scores at ``p0``
     rank the starts roughly — on the manual-page embeddings the start that wins at the full
@@ -480,28 +490,40 @@ def refine_and_select(
     -------
     name : the kept start ; rotation : Tensor  # (p, p) ; scores : per start, its score after
         the probe rounds, ``"<name>/w<width>"`` per finalist at the second width,
-        ``"<name>/final"`` per survivor at the full width, and ``"final"`` for the kept map.
+        ``"<name>/final"`` per survivor at the full width, and ``"final"`` for the kept map;
+        each a dict of :class:`~flowmatch.refinement.AlignmentScore`'s fields, and ``rounds``
+        (the candidate's refinement rounds so far) but for ``"final"``.
     """
     s = settings
     widths = search_widths(u_a.shape[1], s.search_components)
     p0, cut = widths[0], min(2, len(widths))
     ua0, ub0 = u_a[:, :p0], u_b[:, :p0]
-    probed, scores = {}, {}
+    probed, scores, fits = {}, {}, {name: [] for name in starts}
     for name, rot in starts.items():
         probed[name] = refine_nearest(
-            ua0, ub0, rot, n_rounds=s.n_probe, seed=seed, **_round_options(s)
+            ua0,
+            ub0,
+            rot,
+            n_rounds=s.n_probe,
+            seed=seed,
+            **{**_round_options(s), "tol": None},
+            trace=fits[name],
         )
-        scores[name] = asdict(alignment_score(ua0, ub0, probed[name]))
+        scores[name] = {**asdict(alignment_score(ua0, ub0, probed[name])), "rounds": s.n_probe}
     ranked = sorted(probed, key=lambda name: -scores[name]["csls"])[: s.n_finalists]
     wc, partial = widths[cut - 1], {}
     for name in tqdm(ranked, desc="finalists", disable=not progress, leave=False):
-        partial[name] = _refine_stages(u_a, u_b, probed[name], s, seed, range(cut))
-        scores[f"{name}/w{wc}"] = asdict(alignment_score(u_a[:, :wc], u_b[:, :wc], partial[name]))
+        partial[name] = _refine_stages(u_a, u_b, probed[name], s, seed, range(cut), fits[name])
+        score = alignment_score(u_a[:, :wc], u_b[:, :wc], partial[name])
+        scores[f"{name}/w{wc}"] = {**asdict(score), "rounds": len(fits[name])}
     survivors = sorted(ranked, key=lambda name: -scores[f"{name}/w{wc}"]["csls"])
     refined = {}
     for name in survivors[: s.n_survivors]:
-        refined[name] = _refine_stages(u_a, u_b, partial[name], s, seed, range(cut, len(widths)))
-        scores[f"{name}/final"] = asdict(alignment_score(u_a, u_b, refined[name]))
+        refined[name] = _refine_stages(
+            u_a, u_b, partial[name], s, seed, range(cut, len(widths)), fits[name]
+        )
+        score = alignment_score(u_a, u_b, refined[name])
+        scores[f"{name}/final"] = {**asdict(score), "rounds": len(fits[name])}
     kept = max(refined, key=lambda name: scores[f"{name}/final"]["csls"])
     rot = refined[kept]
     if s.n_refine_clusters:

@@ -41,6 +41,21 @@ def test_refine_nearest_pulls_a_perturbed_map_back(coords):
         refine_nearest(ua, ub, start, smoothing=1.0)
 
 
+def test_refinement_stops_once_the_criterion_stops_rising(coords):
+    ua, ub, true = coords
+    start = _perturbed(true, 0.5, 1)
+    full, early = [], []
+    rot_full = refine_nearest(ua, ub, start, n_rounds=150, batch=500, k=10, trace=full)
+    rot = refine_nearest(ua, ub, start, n_rounds=150, batch=500, k=10, tol=0.002, trace=early)
+    assert len(full) == 150  # one fit per round
+    assert 20 <= len(early) < 150 and len(early) % 10 == 0  # checked every `window` rounds
+    assert early == full[: len(early)]  # the same rounds, cut short
+    # stopped on the plateau: as close to the true map as the full run
+    assert _error_on_data(rot, true, ua) < 0.2 * _error_on_data(start, true, ua)
+    assert _error_on_data(rot, true, ua) < 1.5 * _error_on_data(rot_full, true, ua)
+    assert max(full[-20:]) > full[0]  # the fit (mean cosine to the partners) rose
+
+
 def test_the_selection_criterion_ranks_the_true_map_first(coords):
     ua, ub, true = coords
     candidates = {"true": true}

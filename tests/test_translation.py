@@ -4,7 +4,7 @@ import torch
 from _synthetic import manifold_rotation_pair
 
 from flowmatch.settings import TranslateSettings
-from flowmatch.translation import Translation, translate
+from flowmatch.translation import Translation, search_widths, translate
 
 AE = {"latent_dim": 4, "n_components": 4, "hidden": 16, "max_steps": 30, "progress": False}
 FAST = {"n_anchor_runs": 10, "n_probe": 10, "n_refine": 40, "n_finalists": 2}
@@ -43,6 +43,14 @@ def test_every_start_is_scored_and_the_best_is_kept(rotation):
     survivors = sorted(mid, key=lambda k: -mid[k])[: settings["n_survivors"]]
     assert {k for k in scores if k.endswith("/final")} == {f"{k}/final" for k in survivors}
     finals = {k: scores[f"{k}/final"]["csls"] for k in survivors}
+    # rounds run so far by each candidate: the probe, then at most n_refine per width
+    n_widths = len(search_widths(t.info_["n_components"], settings["search_components"]))
+    for k in finalists:
+        assert scores[k]["rounds"] == settings["n_probe"]
+        assert settings["n_probe"] < scores[f"{k}/w{width}"]["rounds"] <= 2 * settings["n_refine"]
+    for k in survivors:
+        assert scores[f"{k}/w{width}"]["rounds"] <= scores[f"{k}/final"]["rounds"]
+        assert scores[f"{k}/final"]["rounds"] <= n_widths * settings["n_refine"]
     assert t.info_["initialisation"] == max(finals, key=finals.get)
     assert "final" in scores  # the kept map after the cluster correction
     assert t.info_["settings"]["n_refine"] == 40
