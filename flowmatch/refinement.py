@@ -76,17 +76,17 @@ def refine_nearest(
     rng = np.random.default_rng(seed)
     xa, xb = normalise_rows(u_a), normalise_rows(u_b)
     rot = torch.as_tensor(rotation, dtype=torch.float64)
-    fits: list[float] = [] if trace is None else trace
-    start, last = len(fits), -float("inf")
-    for _ in tqdm(range(n_rounds), desc="refine", disable=not progress, leave=False):
+    last = -float("inf")
+    for done in tqdm(range(1, n_rounds + 1), desc="refine", disable=not progress, leave=False):
         src = xa[torch.as_tensor(subsample(len(xa), batch, rng))]
         base = xb[torch.as_tensor(subsample(len(xb), max_targets, rng))]
         mapped = src @ rot.float().T
         dst = _mean_of_nearest(mapped, base, base, k)
-        fits.append(float((normalise_rows(mapped) * normalise_rows(dst)).sum(1).mean()))
+        if trace is not None:
+            trace.append(float((normalise_rows(mapped) * normalise_rows(dst)).sum(1).mean()))
         rot = smoothing * rot + (1.0 - smoothing) * fit_orthogonal(src, dst)
         rot = polar(rot) if orthogonal else rot
-        if tol is not None and (len(fits) - start) % window == 0:
+        if tol is not None and done % window == 0:
             score = alignment_score(u_a, u_b, rot, n_rows=1000).csls
             if score - last < tol:
                 break
