@@ -293,15 +293,23 @@ def _load_matching(art: Any) -> TreeMatching:
 
 
 # ---------------------------------------------------------------------- stages
-_AE_DEFAULTS: dict[str, Any] = {"latent_dim": 16, "hidden": 64, "max_steps": 400}
+_AE_DEFAULTS: dict[str, Any] = {"latent_dim": 16, "hidden": 64, "max_steps": 400, "patience": 5}
 """The trees summarise a 16-dimensional flow latent (at most what a side holds); the map itself
 acts on the map coordinates, so a wider latent or a longer fit would only cost training time
-(FlowAutoencoder's own defaults: hidden 128, 1200 steps)."""
+(FlowAutoencoder's own defaults: hidden 128, 1200 steps). Training ends once the held-out NLL
+has not improved for 5 epochs (the estimator's default: 20): on 384-d sentence embeddings the
+held-out NLL was best after the first epoch in every fit measured (WordNet glosses, 1,000 to
+5,000 rows, 100 to 400 steps; the reconstruction term trades likelihood for reconstruction from
+then on), so the other 20 epochs were trained and thrown away, while on the zoo layers it
+improves until the step budget is spent."""
 
-_TREE_DEFAULTS: dict[str, Any] = {"min_prominence": 1.0}
+_TREE_DEFAULTS: dict[str, Any] = {"min_prominence": 1.0, "max_points": 20_000}
 """Modes whose log-density peak rises less than 1 nat (a factor e) above the saddle where they
 merge are treated as noise; the criterion does not change under rotation, translation or global
-scaling of a latent."""
+scaling of a latent. Each tree is built on at most 20,000 rows (a seeded subsample) and every
+row gets its mode from the nearest of them: on 50,000 WordNet gloss embeddings per side the
+tree on every row took 14.5 s per side and found 24 modes, on 20,000 of them 3.0 s (and 1.5 s
+to assign the rest) and 22 modes."""
 
 
 def _autoencoder(
@@ -638,7 +646,7 @@ def translate(
         fields by name (e.g. ``translate(a, b, n_refine=50)``).
     autoencoder_params, tree_params, match_params : passed to FlowAutoencoder (default: a
         16-dimensional latent, at most what a side holds), DensityTree (default: modes of
-        prominence ≥ 1 nat) and match_trees.
+        prominence ≥ 1 nat, built on at most 20,000 rows) and match_trees.
     seed : seeds every stage.
 
     Returns
