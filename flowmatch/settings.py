@@ -101,7 +101,10 @@ class TranslateSettings:
             rounds). On the embedding benchmark the maps that win reach their plateau within
             20–40 rounds at every width, and the rounds after it change nothing measurable.
         refine_batch, smoothing, max_targets : A rows per round, weight of the previous map in
-            each step, B rows searched per round.
+            each step, B rows searched per round (a seeded subsample above it; also the rows of
+            the closing k-means). On 50,000 WordNet gloss embeddings per side, searching all of
+            them instead of 20,000 raised top-1 from 0.986 / 0.988 to 0.989 / 0.990 (seeds
+            0 / 1), translate taking 251 s instead of 205 s.
         orthogonal : keep the map orthogonal; by default it is the running average of the
             rounds' rotations, which shrinks the directions they disagree on
             (:func:`flowmatch.refinement.refine_nearest`).
@@ -136,7 +139,7 @@ class TranslateSettings:
     refine_batch: int = 1000
     smoothing: float = 0.5
     orthogonal: bool = False
-    max_targets: int = 20_000
+    max_targets: int = 50_000
     n_refine_clusters: int = 500
     balance_steps: int = 10
     max_crossing: float = 0.2
