@@ -163,9 +163,10 @@ def alignment_score(
     The same ``seed`` gives the same rows for every candidate map, so scores compare.
     """
     rng = np.random.default_rng(seed)
-    xa, xb = normalise_rows(u_a), normalise_rows(u_b)
-    xa = xa[torch.as_tensor(subsample(len(xa), n_rows, rng))]
-    xb = xb[torch.as_tensor(subsample(len(xb), max_targets, rng))]
+    # rows are drawn first and normalised after: the same rows, without normalising all n
+    u_a, u_b = torch.as_tensor(u_a), torch.as_tensor(u_b)
+    xa = normalise_rows(u_a[torch.as_tensor(subsample(len(u_a), n_rows, rng))])
+    xb = normalise_rows(u_b[torch.as_tensor(subsample(len(u_b), max_targets, rng))])
     sim = normalise_rows(xa @ torch.as_tensor(rotation).float().T) @ xb.T  # (m_a, m_b)
     best = sim.max(1)
     r_b = _top_mean(sim, k, 0)  # each B row's mean similarity to its k nearest mapped A rows
