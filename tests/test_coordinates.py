@@ -56,7 +56,7 @@ def test_choose_n_components_rule():
     rng = np.random.default_rng(0)
     low_rank = rng.standard_normal((500, 3)) @ rng.standard_normal((3, 40))
     low_rank += 1e-3 * rng.standard_normal((500, 40))
-    assert choose_n_components(low_rank, low_rank) == 16  # the floor; 99% needs 3 axes
+    assert choose_n_components(low_rank, low_rank) == 32  # the floor; 99% needs 3 axes
     spread = rng.standard_normal((3000, 200)) * np.exp(-np.arange(200) / 100)
     p = choose_n_components(spread, spread)
     pr = participation_ratio(spread)
