@@ -27,8 +27,15 @@ Scores on the test texts
     files, the manual section), the fraction of the matched modes' mass whose two modes share
     their majority label, beside the same fraction under random pairings of those modes.
 
+Start ablation (``--ablate-starts``)
+    flowmatch once with each start family alone (rows ``flowmatch[clusters]``, …) beside all of
+    them: the density trees' matched modes against k-means + QAP anchors, principal moments and
+    Gromov–Wasserstein couplings. A family that gives no start on a split (``modes`` when the
+    trees match fewer than two modes) gets a row saying so.
+
     flowmatch bench embeddings --corpus wordnet --sizes 1000 2000 5000
     flowmatch bench embeddings --quick    # wordnet, minilm, n=1000, one seed, real pairs only
+    flowmatch bench embeddings --corpus wordnet --sizes 1000 --controls real --ablate-starts
 """
 
 from __future__ import annotations
@@ -36,7 +43,7 @@ from __future__ import annotations
 import argparse
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -212,7 +219,13 @@ def _fit(method: str, split: EmbeddingSplit, seed: int, options: dict[str, Any])
     if method == "flowmatch":
         from flowmatch.translation import translate
 
-        t = translate(split.a, split.b, seed=seed, progress=False, **options.get("flowmatch", {}))
+        params = options.get("flowmatch", {})
+        try:
+            t = translate(split.a, split.b, seed=seed, progress=False, **params)
+        except ValueError as err:
+            if "starts" in params and "no starting map" in str(err):
+                raise _Skip(str(err)) from None
+            raise
         return _Fitted(lambda x: t(np.asarray(x, np.float32)), {"translation": t})
     if method == "mini_vec2vec":
         from baselines.mini_vec2vec import fit_mini_vec2vec
@@ -375,10 +388,13 @@ def measure_embeddings(
     n_test: int = 1000,
     embed: bool = False,
     options: dict[str, Any] | None = None,
+    start_sets: Sequence[Sequence[str]] = (),
     progress: bool = True,
 ) -> EmbeddingsBench:
     """Every method on every split; a size the corpus (or the cache) cannot hold is skipped
-    with a note row. See the module docstring for the protocol.
+    with a note row. See the module docstring for the protocol. Each of ``start_sets`` (start
+    families, :data:`flowmatch.settings.START_FAMILIES`) adds a flowmatch row restricted to it,
+    named ``flowmatch[family+…]``.
 
     Raises :class:`~benchmarks._common.BenchmarkUnavailable` when a corpus, the extra
     ``flowmatch[text]`` or (without ``embed``) the cached embeddings are missing."""
@@ -400,12 +416,27 @@ def measure_embeddings(
                         except ValueError as err:
                             rows.append(_skipped_row(base, "-", str(err)))
                             continue
-                        for method in methods:
-                            row = _row(base, method, split, seed, options)
+                        for method, opts, name in _variants(methods, options, start_sets):
+                            row = replace(_row(base, method, split, seed, opts), method=name)
                             rows.append(row)
                             if progress:
                                 print(_line(row), flush=True)
     return EmbeddingsBench(tuple(rows))
+
+
+def _variants(
+    methods: Sequence[str], options: dict[str, Any], start_sets: Sequence[Sequence[str]]
+) -> list[tuple[str, dict[str, Any], str]]:
+    """``(method, options, row name)`` for each method, with a restricted flowmatch after
+    flowmatch for each start set."""
+    out = []
+    for method in methods:
+        out.append((method, options, method))
+        if method == "flowmatch":
+            for starts in start_sets:
+                fm = {**options.get("flowmatch", {}), "starts": list(starts)}
+                out.append((method, {**options, "flowmatch": fm}, f"flowmatch[{'+'.join(starts)}]"))
+    return out
 
 
 def _line(r: EmbeddingRow) -> str:
@@ -461,11 +492,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--embed", action="store_true", help="embed texts missing from the cache (slow on a CPU)"
     )
+    parser.add_argument(
+        "--ablate-starts",
+        action="store_true",
+        help="also run flowmatch with each start family alone (needs flowmatch in --methods)",
+    )
 
 
 def main(args: argparse.Namespace) -> EmbeddingsBench:
     """Run the benchmark, print one table per corpus/pair/control, return the figures."""
     from dataclasses import asdict
+
+    from flowmatch.settings import START_FAMILIES
 
     quick = args.quick
     corpora = args.corpus or (["wordnet"] if quick else ["wordnet", "manpages"])
@@ -473,6 +511,8 @@ def main(args: argparse.Namespace) -> EmbeddingsBench:
     seeds = args.seeds or ([args.seed] if quick else [args.seed, args.seed + 1])
     controls = args.controls or (["real"] if quick else list(CONTROLS))
     pairs = args.pair or ["minilm"]
+    if args.ablate_starts and "flowmatch" not in args.methods:
+        raise ValueError("--ablate-starts needs flowmatch among --methods")
     check_available(corpora, pairs)  # before the environment is printed: one line if not
     with running("embeddings", args) as run:
         run.result = result = measure_embeddings(
@@ -485,6 +525,7 @@ def main(args: argparse.Namespace) -> EmbeddingsBench:
             n_test=args.n_test,
             embed=args.embed,
             options={"max_rows_wp": args.max_rows_wp},
+            start_sets=[(f,) for f in START_FAMILIES] if args.ablate_starts else (),
         )
         groups: dict[tuple, list[dict[str, Any]]] = {}
         for r in result.rows:

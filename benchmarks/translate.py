@@ -8,10 +8,14 @@ refinement: entropic GW (POT) on 400-row subsamples of the 16 leading principal 
 (``entropic_gw``, its regularisation chosen by transport cost) and the multi-start
 conditional-gradient GW whose couplings are also among flowmatch's own starts
 (``gromov_wasserstein``).
+With ``--ablate-starts``, flowmatch also runs with each start family alone (rows
+``flowmatch[clusters]``, ``flowmatch[modes]``, …: k-means + QAP anchors, the density trees'
+matched modes, principal moments, Gromov–Wasserstein couplings).
 Then a scaling run: ``translate`` wall time for 10^3 … 10^5 activations per side on a synthetic
 clustered pair (B a random rotation and shift of A's distribution, 64 dimensions).
 
     flowmatch bench translate --quick
+    flowmatch bench translate --pair all --sizes --ablate-starts
 """
 
 from __future__ import annotations
@@ -72,6 +76,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="activations per side in the scaling run (default 1e3 1e4 1e5; 1e3 3e3 with --quick;"
         " --sizes with no value skips it)",
     )
+    parser.add_argument(
+        "--ablate-starts",
+        action="store_true",
+        help="also run flowmatch with each start family alone",
+    )
 
 
 def synthetic_pair(
@@ -93,11 +102,23 @@ def synthetic_pair(
     return draw(n), draw(n) @ q.T + shift, test, test @ q.T + shift
 
 
-def _table(name: str, n_pairs: int, seed: int) -> list[dict[str, Any]]:
+def _table(
+    name: str, n_pairs: int, seed: int, start_sets: Sequence[Sequence[str]] = ()
+) -> list[dict[str, Any]]:
     from flowmatch.compare import compare
 
-    report = compare(name, methods=METHODS, n_pairs=n_pairs, seed=seed, progress=False)
-    return report.to_rows()
+    rows = compare(name, methods=METHODS, n_pairs=n_pairs, seed=seed, progress=False).to_rows()
+    for starts in start_sets:  # flowmatch restricted to these start families
+        params = {"flowmatch": {"starts": list(starts)}}
+        try:
+            report = compare(
+                name, ["flowmatch"], n_pairs, seed, params, progress=False, required=["flowmatch"]
+            )
+            row = report.to_rows()[1]
+        except ValueError as err:  # the families gave no start on this pair
+            row = {"pair": name, "method": "flowmatch", "paired_rows": 0, "error": str(err)}
+        rows.append({**row, "method": f"flowmatch[{'+'.join(starts)}]"})
+    return rows
 
 
 def _scaling(sizes: Sequence[int], seed: int) -> list[dict[str, Any]]:
@@ -116,11 +137,17 @@ def _scaling(sizes: Sequence[int], seed: int) -> list[dict[str, Any]]:
 
 
 def measure_translate(
-    pairs: Sequence[str], sizes: Sequence[int] = (), *, n_pairs: int = 10, seed: int = 0
+    pairs: Sequence[str],
+    sizes: Sequence[int] = (),
+    *,
+    n_pairs: int = 10,
+    seed: int = 0,
+    start_sets: Sequence[Sequence[str]] = (),
 ) -> TranslateBench:
-    """The side-by-side table on every pair, then ``translate`` wall time on the synthetic
-    pair at each size (rows per side)."""
-    rows = [row for name in pairs for row in _table(name, n_pairs, seed)]
+    """The side-by-side table on every pair (with a flowmatch row restricted to each of
+    ``start_sets``), then ``translate`` wall time on the synthetic pair at each size (rows per
+    side)."""
+    rows = [row for name in pairs for row in _table(name, n_pairs, seed, start_sets)]
     return TranslateBench(tuple(rows), tuple(_scaling(sizes, seed)))
 
 
@@ -131,7 +158,12 @@ def main(args: argparse.Namespace) -> TranslateBench:
         sizes = [1000, 3000] if args.quick else [1000, 10_000, 100_000]
     pairs = pair_names(args, ["digits-mlp"] if args.quick else ["all"])
     with running("translate", args) as run:
-        run.result = result = measure_translate(pairs, sizes, n_pairs=args.n_pairs, seed=args.seed)
+        from flowmatch.settings import START_FAMILIES
+
+        start_sets = [(f,) for f in START_FAMILIES] if args.ablate_starts else ()
+        run.result = result = measure_translate(
+            pairs, sizes, n_pairs=args.n_pairs, seed=args.seed, start_sets=start_sets
+        )
         print_table(
             "zero-pair translation (test inputs; relative = stitched / affine)",
             result.rows,
