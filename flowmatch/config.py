@@ -18,7 +18,7 @@ Example (``configs/digits.yaml``)::
     seed: 0
     autoencoder: {latent_dim: 10, flow: coupling}
     tree: {k_neighbors: 15}
-    translate: {n_refine: 100, starts: [clusters, modes, gw]}
+    translate: {n_refine: 100, starts: [clusters, gw]}
     compare: {n_pairs: 10, methods: null}
 """
 

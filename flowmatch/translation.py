@@ -9,8 +9,10 @@ Stages (each a function below, with its own module and tests):
    latent density, the two trees matched (:mod:`flowmatch.density_tree`,
    :mod:`flowmatch.matching`);
 3. **starting maps** — orthogonal maps between the leading ``p0`` coordinates from anchors:
-   k-means centroids matched by quadratic assignment, the trees' matched modes, principal axes
-   with their skews, Gromov–Wasserstein couplings (:mod:`flowmatch.starts`);
+   k-means centroids matched by quadratic assignment, principal axes with their skews,
+   Gromov–Wasserstein couplings, and on request the trees' matched modes (not a default: the
+   structural tree matching pairs modes at chance level on the zoo and the embeddings,
+   :data:`flowmatch.settings.DEFAULT_STARTS`) (:mod:`flowmatch.starts`);
 4. **refine and select** — every start gets a few nearest-neighbour refinement rounds, the
    best under the selection criterion is refined coarse to fine, on ever more coordinates
    (:mod:`flowmatch.refinement`);
