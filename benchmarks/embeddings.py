@@ -25,7 +25,9 @@ Scores on the test texts
     mean cosine to the true B embedding, top-1 and mean rank of the true partner among the
     test set (cosine), R². For flowmatch, where the corpus has labels (WordNet's lexicographer
     files, the manual section), the fraction of the matched modes' mass whose two modes share
-    their majority label, beside the same fraction under random pairings of those modes.
+    their majority label, beside the same fraction under random pairings of those modes; and in
+    its note, the mode correspondence at coarser cuts of the trees (``cuts`` — prominence in
+    nats: modes per side, mode pairs, crossing mass; ``translation.explanation_levels``).
 
 Start ablation (``--ablate-starts``)
     flowmatch once with each start family alone (rows ``flowmatch[clusters]``, …) beside all of
@@ -317,7 +319,12 @@ def _row(
         t = fitted.extra["translation"]
         agreement, chance = mode_agreement(t, split, seed)
         pairs = 0 if t.matching_ is None else len(t.matching_.leaf_pairs)
-        note = f"kept start {t.info_['initialisation']}; {pairs} matched mode pairs"
+        cuts = "; ".join(
+            f"{lv['min_prominence']:g}: {lv['n_modes_a']}/{lv['n_modes_b']} modes, "
+            f"{lv['pairs']} pairs, crossing {lv['crossing_mass']:.2f}"
+            for lv in t.info_.get("explanation_levels", [])
+        )
+        note = f"kept start {t.info_['initialisation']}; {pairs} matched mode pairs; cuts {cuts}"
     paired = len(split.pairs_a) if method.startswith("supervised") else 0
     return EmbeddingRow(
         **base,

@@ -16,6 +16,7 @@ Edelsbrunner, Harer, *Computational Topology: An Introduction*, AMS, 2010.
 
 from __future__ import annotations
 
+import copy
 import warnings
 from typing import Any, ClassVar
 
@@ -337,6 +338,50 @@ class DensityTree(BaseEstimator):
             graph.add_edge(n_leaves + j, a)
             graph.add_edge(n_leaves + j, b)
         return graph
+
+    def coarsened(self, min_prominence: float) -> DensityTree:
+        """The same merge tree pruned at a higher prominence threshold, without refitting.
+
+        The kNN graph, densities and fitted points are shared; only the pruning changes, so the
+        result is nested in this tree: each of this tree's modes lies whole inside one of its
+        modes (:meth:`coarse_modes` gives which). Its nodes carry no ``centroid_x`` and no
+        ``label_hist`` (None).
+
+        Parameters
+        ----------
+        min_prominence : float  # ≥ ``threshold_``; modes of lower persistence are merged
+
+        Returns
+        -------
+        DensityTree  # fitted, ``n_modes_`` ≤ this tree's
+        """
+        check_fitted(self, "tree_")
+        if not min_prominence >= self.threshold_:
+            raise ValueError(
+                f"min_prominence must be at least this tree's threshold {self.threshold_:.4g} "
+                f"(a coarser cut), got {min_prominence}"
+            )
+        pruning = prune(self._forest, self.log_density_, None, float(min_prominence))
+        out = copy.copy(self)
+        out.n_modes, out.min_prominence = None, float(min_prominence)
+        out.threshold_ = pruning.threshold
+        out.labels_ = pruning.owner[self._forest.basin]
+        out.n_modes_ = len(pruning.leaf_peaks)
+        out.leaves_ = list(range(out.n_modes_))
+        out.tree_ = out._build_graph(pruning, self._forest, self.log_density_, self.z_, None, None)
+        out.root_ = next(v for v, d in out.tree_.in_degree() if d == 0)
+        return out
+
+    def coarse_modes(self, coarse: DensityTree) -> np.ndarray:
+        """Mode of ``coarse`` (:meth:`coarsened` of this tree) that holds each of this tree's
+        modes  # (n_modes_,) index into ``coarse.leaves_``."""
+        check_fitted(self, "tree_")
+        if coarse.z_ is not self.z_:
+            raise ValueError("coarse is not a coarsened copy of this tree")
+        modes, member = np.unique(self.labels_, return_index=True)  # one member of each mode
+        out = np.zeros(self.n_modes_, dtype=np.int64)
+        out[modes] = coarse.labels_[member]
+        return out
 
     # ------------------------------------------------------------------ queries
     def predict(self, z: Any) -> np.ndarray:

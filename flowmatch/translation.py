@@ -84,7 +84,8 @@ class Translation:
         side (whose latents the density trees summarise), or None.
     matching_ : TreeMatching | None  # which density mode of A the map carries onto which of B
     tree_a_, tree_b_ : fitted density trees (None after :meth:`load`).
-    info_ : dict  # diagnostics: coordinates, every candidate's score, the kept start, timings
+    info_ : dict  # diagnostics: coordinates, every candidate's score, the kept start, timings, the
+        mode correspondence at coarser cuts of the trees (``explanation_levels``)
     """
 
     def __init__(
@@ -550,14 +551,67 @@ def refine_and_select(
     return kept, rot, scores
 
 
+EXPLANATION_CUTS = (1.0, 2.0, 4.0, 8.0, 16.0)
+"""Prominence cuts of :func:`explanation_levels`, as multiples of the trees' own threshold."""
+
+
 def _mode_pairs_under_map(
     trees: tuple, u_a: Tensor, u_b: Tensor, matrix: Tensor, bias: Tensor, max_exact: int, seed: int
-) -> TreeMatching:
+) -> tuple[TreeMatching, list[dict[str, float]]]:
     """Stage 6 (explanation): the leaf correspondence the exact OT plan between the mapped A
-    rows and the B rows carries (seeded subsamples of at most ``max_exact`` rows)."""
+    rows and the B rows carries (seeded subsamples of at most ``max_exact`` rows), and the
+    same at coarser cuts of the trees (:func:`explanation_levels`)."""
     tree_a, tree_b, _, modes_a, modes_b = trees
     ia, ib, plan, _ = transport_subsample(u_a, u_b, matrix, bias, max_exact=max_exact, seed=seed)
-    return matching_from_transport(tree_a, tree_b, modes_a[ia], modes_b[ib], plan)
+    leaf_a, leaf_b = modes_a[ia], modes_b[ib]
+    matching = matching_from_transport(tree_a, tree_b, leaf_a, leaf_b, plan)
+    return matching, explanation_levels(tree_a, tree_b, leaf_a, leaf_b, plan)
+
+
+def explanation_levels(
+    tree_a: Any,
+    tree_b: Any,
+    leaf_a: np.ndarray,
+    leaf_b: np.ndarray,
+    plan: np.ndarray,
+    cuts: tuple[float, ...] = EXPLANATION_CUTS,
+) -> list[dict[str, float]]:
+    """The mode correspondence a transport plan carries at coarser cuts of both trees.
+
+    Both trees are pruned (:meth:`~flowmatch.density_tree.DensityTree.coarsened`) at each
+    ``cut × max(threshold_a, threshold_b)`` until both have one mode, and the plan's leaf
+    correspondence is read off as in :func:`~flowmatch.matching.matching_from_transport`.
+    Fine modes may split the rows differently in the two models while coarser ones agree:
+    the list shows at which cut the correspondence holds (a low ``crossing_mass``).
+
+    Parameters
+    ----------
+    leaf_a : (m_a,) ; leaf_b : (m_b,) leaf of each row of the plan in ``tree_a`` / ``tree_b``.
+    plan : (m_a, m_b) transport plan between the mapped A rows and the B rows.
+
+    Returns
+    -------
+    list of dicts: ``min_prominence`` (nats), ``n_modes_a``, ``n_modes_b``, ``pairs`` (the
+    reported mode pairs) and ``crossing_mass``, from the finest cut to the coarsest.
+    """
+    base = max(float(tree_a.threshold_), float(tree_b.threshold_))
+    out: list[dict[str, float]] = []
+    for cut in cuts:
+        ca, cb = tree_a.coarsened(cut * base), tree_b.coarsened(cut * base)
+        coarse_a, coarse_b = tree_a.coarse_modes(ca)[leaf_a], tree_b.coarse_modes(cb)[leaf_b]
+        m = matching_from_transport(ca, cb, coarse_a, coarse_b, plan)
+        out.append(
+            {
+                "min_prominence": cut * base,
+                "n_modes_a": ca.n_modes_,
+                "n_modes_b": cb.n_modes_,
+                "pairs": len(m.leaf_pairs),
+                "crossing_mass": float(m.crossing_mass),
+            }
+        )
+        if ca.n_modes_ == cb.n_modes_ == 1:
+            break
+    return out
 
 
 def balance(
@@ -569,15 +623,16 @@ def balance(
     *,
     anchors: tuple[Tensor, Tensor] | None = None,
     seed: int = 0,
-) -> tuple[Tensor, Tensor, TreeMatching, bool]:
+) -> tuple[Tensor, Tensor, TreeMatching, bool, list[dict[str, float]]]:
     """Stage 5: when at most ``max_crossing`` of the transported mass leaves the mode pairs the
     map carries, ``balance_steps`` similarity steps of OT refinement that give paired modes
-    equal mass on both sides. Returns ``(matrix, bias, mode correspondence, balanced)``."""
+    equal mass on both sides. Returns ``(matrix, bias, mode correspondence, balanced, the
+    correspondence at coarser cuts of the trees)`` (:func:`explanation_levels`)."""
     s = settings
     matrix, bias = rotation, torch.zeros(rotation.shape[0], dtype=torch.float64)
-    final = _mode_pairs_under_map(trees, u_a, u_b, matrix, bias, s.max_exact, seed)
+    final, levels = _mode_pairs_under_map(trees, u_a, u_b, matrix, bias, s.max_exact, seed)
     if not (s.balance_steps and final.crossing_mass <= s.max_crossing and len(final.leaf_pairs)):
-        return matrix, bias, final, False
+        return matrix, bias, final, False, levels
     _, _, _, modes_a, modes_b = trees
     lookup = [np.full(len(t.leaves_) + 1, -1, dtype=np.int64) for t in trees[:2]]
     for side in (0, 1):
@@ -597,8 +652,8 @@ def balance(
         anchors=anchors,
         anchor_weight=s.anchor_weight,
     )
-    final = _mode_pairs_under_map(trees, u_a, u_b, matrix, bias, s.max_exact, seed)
-    return matrix, bias, final, True
+    final, levels = _mode_pairs_under_map(trees, u_a, u_b, matrix, bias, s.max_exact, seed)
+    return matrix, bias, final, True, levels
 
 
 def _canonical(x: Tensor) -> np.ndarray:
@@ -689,7 +744,9 @@ def translate(
     kept, rot, scores = refine_and_select(ua, ub, starts, s, seed=seed, progress=progress)
     done("refine and select")
     anchors = None if known is None else (ua[known[0]], ub[known[1]])
-    matrix, bias, final, balanced = balance(ua, ub, rot, trees, s, anchors=anchors, seed=seed)
+    matrix, bias, final, balanced, levels = balance(
+        ua, ub, rot, trees, s, anchors=anchors, seed=seed
+    )
     done("balancing and explanation")
     bar.close()
     info.update(
@@ -703,6 +760,7 @@ def translate(
         initialisation=kept,
         scores=scores,
         crossing_mass=float(final.crossing_mass),
+        explanation_levels=levels,
         balanced=balanced,
         settings=asdict(s),
         seed=seed,

@@ -175,6 +175,27 @@ def test_pruning_rules(nested):
     assert many.n_modes_ == many.n_peaks_
 
 
+def test_coarsened_is_nested_and_equals_a_refit(nested):
+    z, logp, _ = nested
+    full = DensityTree(k_neighbors=15).fit(z, log_density=logp)
+    pers = np.sort(full.persistence_diagram()[1:, 0] - full.persistence_diagram()[1:, 1])[::-1]
+    for cut, n_modes in ((pers[1] + 1e-9, 2), (pers[0] + 1.0, 1)):
+        coarse = full.coarsened(cut)
+        refit = DensityTree(k_neighbors=15, min_prominence=cut).fit(z, log_density=logp)
+        assert coarse.n_modes_ == refit.n_modes_ == n_modes
+        np.testing.assert_array_equal(coarse.labels_, refit.labels_)
+        assert nx.is_isomorphic(coarse.tree_, refit.tree_)
+        np.testing.assert_array_equal(coarse.predict(z[:50]), refit.predict(z[:50]))
+        # nested: every fine mode's points all lie in the coarse mode coarse_modes names
+        np.testing.assert_array_equal(full.coarse_modes(coarse)[full.labels_], coarse.labels_)
+    assert full.n_modes_ == 4  # the original is untouched
+    with pytest.raises(ValueError, match="at least this tree's threshold"):
+        full.coarsened(full.threshold_ / 2)
+    other = DensityTree(k_neighbors=15).fit(z, log_density=logp)
+    with pytest.raises(ValueError, match="not a coarsened copy"):
+        full.coarse_modes(other)
+
+
 def test_disconnected_graph_is_joined_and_reported():
     z, logp, labels = mixture([(0, 0), (50, 0)], [100, 60], 1.0, seed=2)
     with pytest.warns(RuntimeWarning, match="2 connected components"):

@@ -134,6 +134,15 @@ def test_clean_modes_are_carried_one_to_one_and_balanced():
     mapped = t(cent(t.tree_a_).astype(np.float32))
     nearest = np.linalg.norm(mapped[:, None] - cent(t.tree_b_)[None], axis=-1).argmin(1)
     np.testing.assert_array_equal(nearest[m.leaf_pairs[:, 0]], m.leaf_pairs[:, 1])
+    # the correspondence at coarser cuts: the first cut is the trees' own, the last
+    # one mode each
+    levels = t.info_["explanation_levels"]
+    assert levels[0]["pairs"] == len(m.leaf_pairs) == len(CENTRES)
+    assert levels[0]["crossing_mass"] == pytest.approx(m.crossing_mass)
+    assert [lv["min_prominence"] for lv in levels] == sorted(lv["min_prominence"] for lv in levels)
+    assert all(lv["n_modes_a"] <= len(CENTRES) for lv in levels)
+    assert levels[-1]["n_modes_a"] == levels[-1]["n_modes_b"] == levels[-1]["pairs"] == 1
+    assert levels[-1]["crossing_mass"] == pytest.approx(0.0, abs=1e-12)
 
 
 def test_a_narrower_b_and_known_pairs():
