@@ -312,6 +312,7 @@ def _flowmatch_metrics(run: _Run) -> dict[str, Any]:
             float(np.mean([r["same class"] for r in modes])) if modes else None
         ),
         "matched_modes": modes,
+        "explanation_levels": t.info_.get("explanation_levels", []),
     }
 
 
@@ -375,8 +376,9 @@ def _tree_section(report: Any, run: _Run, notes: list[str]) -> None:
     report.add_section("Density trees and their matching")
     report.add_text(
         "Each latent density is summarised by the merge tree of its super-level sets; leaves "
-        "are modes. The two trees are matched without shared coordinates; matched modes carry "
-        "the same colour and tag m<i> in every figure."
+        "are modes. The matching shown is the one the fitted map carries: the optimal-transport "
+        "plan between A's mapped rows and B's rows, summed per pair of modes. Matched modes "
+        "carry the same colour and tag m<i> in every figure."
     )
     _add_figure(
         report,
@@ -391,6 +393,14 @@ def _tree_section(report: Any, run: _Run, notes: list[str]) -> None:
         caption=(
             "matched mode pairs; the majority test class of each mode is shown only to evaluate "
             "the matching (labels are never used to fit)"
+        ),
+    )
+    report.add_table(
+        t.info_.get("explanation_levels", []),
+        caption=(
+            "the same correspondence at coarser cuts of both trees (min_prominence in nats; "
+            "crossing_mass: transported mass between unpaired modes): where the two models' "
+            "modes agree"
         ),
     )
     _add_figure(

@@ -86,6 +86,9 @@ def test_run_writes_every_artefact(first_run):
     fm = metrics["flowmatch"]
     assert 0 <= fm["stitched_accuracy"] <= 1 and -1 <= fm["cosine"] <= 1
     assert fm["n_matched"] == len(fm["matched_modes"]) <= min(fm["n_modes_a"], fm["n_modes_b"])
+    levels = fm["explanation_levels"]  # the first cut is the trees' own
+    assert levels and levels[0]["pairs"] == fm["n_matched"]
+    assert levels[0]["crossing_mass"] == pytest.approx(fm["crossing_mass"])
     ref = metrics["comparison"][0]
     assert ref["paired_rows"] == metrics["protocol"]["n_fit_a"] + metrics["protocol"]["n_fit_b"]
     torch.testing.assert_close(
