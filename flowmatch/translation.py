@@ -579,7 +579,8 @@ def explanation_levels(
     """The mode correspondence a transport plan carries at coarser cuts of both trees.
 
     Both trees are pruned (:meth:`~flowmatch.density_tree.DensityTree.coarsened`) at each
-    ``cut × max(threshold_a, threshold_b)`` until both have one mode, and the plan's leaf
+    ``cut × max(threshold_a, threshold_b)`` (× 0.1 nats, the persistence noise floor, when
+    both thresholds are 0) until both have one mode, and the plan's leaf
     correspondence is read off as in :func:`~flowmatch.matching.matching_from_transport`.
     Fine modes may split the rows differently in the two models while coarser ones agree:
     the list shows at which cut the correspondence holds (a low ``crossing_mass``).
@@ -594,7 +595,10 @@ def explanation_levels(
     list of dicts: ``min_prominence`` (nats), ``n_modes_a``, ``n_modes_b``, ``pairs`` (the
     reported mode pairs) and ``crossing_mass``, from the finest cut to the coarsest.
     """
-    base = max(float(tree_a.threshold_), float(tree_b.threshold_))
+    from flowmatch._merge_tree import NOISE_FLOOR
+
+    # a tree that kept every peak (threshold 0) is cut from the persistence noise floor on
+    base = max(float(tree_a.threshold_), float(tree_b.threshold_)) or NOISE_FLOOR
     out: list[dict[str, float]] = []
     for cut in cuts:
         ca, cb = tree_a.coarsened(cut * base), tree_b.coarsened(cut * base)
