@@ -27,6 +27,7 @@ __all__ = [
     "BenchmarkError",
     "BenchmarkUnavailable",
     "Run",
+    "ablation_name",
     "common_options",
     "limit_threads",
     "nonnegative_int",
@@ -37,6 +38,7 @@ __all__ = [
     "print_table",
     "run_isolated",
     "running",
+    "start_ablation",
     "timer",
     "to_json",
     "write_result",
@@ -109,6 +111,19 @@ def pair_names(args: argparse.Namespace, default: Sequence[str]) -> list[str]:
 
     chosen = args.pair or list(default)
     return list(dict.fromkeys(list_pairs() if "all" in chosen else chosen))
+
+
+def start_ablation(enabled: bool) -> list[tuple[str, ...]]:
+    """``--ablate-starts``: one start set per family of :data:`flowmatch.settings.START_FAMILIES`
+    (flowmatch run with that family alone), or none."""
+    from flowmatch.settings import START_FAMILIES
+
+    return [(family,) for family in START_FAMILIES] if enabled else []
+
+
+def ablation_name(starts: Sequence[str]) -> str:
+    """Row name of flowmatch restricted to the start families ``starts``."""
+    return f"flowmatch[{'+'.join(starts)}]"
 
 
 # ----------------------------------------------------------------------------- the run

@@ -28,10 +28,12 @@ from typing import Any
 import numpy as np
 
 from benchmarks._common import (
+    ablation_name,
     nonnegative_int,
     pair_names,
     print_table,
     running,
+    start_ablation,
     timer,
 )
 from flowmatch.cli import int_argument
@@ -106,6 +108,7 @@ def _table(
     name: str, n_pairs: int, seed: int, start_sets: Sequence[Sequence[str]] = ()
 ) -> list[dict[str, Any]]:
     from flowmatch.compare import compare
+    from flowmatch.translation import NoStartingMap
 
     rows = compare(name, methods=METHODS, n_pairs=n_pairs, seed=seed, progress=False).to_rows()
     for starts in start_sets:  # flowmatch restricted to these start families
@@ -115,9 +118,9 @@ def _table(
                 name, ["flowmatch"], n_pairs, seed, params, progress=False, required=["flowmatch"]
             )
             row = report.to_rows()[1]
-        except ValueError as err:  # the families gave no start on this pair
+        except NoStartingMap as err:  # the families gave no start on this pair
             row = {"pair": name, "method": "flowmatch", "paired_rows": 0, "error": str(err)}
-        rows.append({**row, "method": f"flowmatch[{'+'.join(starts)}]"})
+        rows.append({**row, "method": ablation_name(starts)})
     return rows
 
 
@@ -158,11 +161,12 @@ def main(args: argparse.Namespace) -> TranslateBench:
         sizes = [1000, 3000] if args.quick else [1000, 10_000, 100_000]
     pairs = pair_names(args, ["digits-mlp"] if args.quick else ["all"])
     with running("translate", args) as run:
-        from flowmatch.settings import START_FAMILIES
-
-        start_sets = [(f,) for f in START_FAMILIES] if args.ablate_starts else ()
         run.result = result = measure_translate(
-            pairs, sizes, n_pairs=args.n_pairs, seed=args.seed, start_sets=start_sets
+            pairs,
+            sizes,
+            n_pairs=args.n_pairs,
+            seed=args.seed,
+            start_sets=start_ablation(args.ablate_starts),
         )
         print_table(
             "zero-pair translation (test inputs; relative = stitched / affine)",

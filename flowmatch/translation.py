@@ -39,6 +39,7 @@ from tqdm.auto import tqdm
 
 from flowmatch import metrics
 from flowmatch._io import ArtefactError, load_state, save_state
+from flowmatch._merge_tree import NOISE_FLOOR
 from flowmatch._validation import as_matrix, check_fitted
 from flowmatch.alignment import refine_map, transport_subsample
 from flowmatch.coordinates import MapCoordinates, choose_n_components
@@ -56,7 +57,7 @@ from flowmatch.starts import (
     start_from_anchors,
 )
 
-__all__ = ["Translation", "TranslationScore", "translate"]
+__all__ = ["NoStartingMap", "Translation", "TranslationScore", "translate"]
 
 
 @dataclass(frozen=True)
@@ -296,6 +297,11 @@ def _load_matching(art: Any) -> TreeMatching:
 
 
 # ---------------------------------------------------------------------- stages
+class NoStartingMap(ValueError):
+    """The chosen start families gave no candidate map (e.g. ``starts=["modes"]`` when the
+    trees match fewer than two modes)."""
+
+
 _AE_DEFAULTS: dict[str, Any] = {"latent_dim": 16, "hidden": 64, "max_steps": 400, "patience": 5}
 """The trees summarise a 16-dimensional flow latent (at most what a side holds); the map itself
 acts on the map coordinates, so a wider latent or a longer fit would only cost training time
@@ -415,7 +421,7 @@ def starting_maps(
         for i in range(s.n_gw_starts):
             out[f"gw{i}"] = gw_start(u_a, u_b, seed=seed + i)
     if not out:
-        raise ValueError(f"no starting map: the start families {s.starts} gave none")
+        raise NoStartingMap(f"no starting map: the start families {s.starts} gave none")
     return out
 
 
@@ -555,17 +561,16 @@ EXPLANATION_CUTS = (1.0, 2.0, 4.0, 8.0, 16.0)
 """Prominence cuts of :func:`explanation_levels`, as multiples of the trees' own threshold."""
 
 
-def _mode_pairs_under_map(
+def _mode_plan(
     trees: tuple, u_a: Tensor, u_b: Tensor, matrix: Tensor, bias: Tensor, max_exact: int, seed: int
-) -> tuple[TreeMatching, list[dict[str, float]]]:
-    """Stage 6 (explanation): the leaf correspondence the exact OT plan between the mapped A
-    rows and the B rows carries (seeded subsamples of at most ``max_exact`` rows), and the
-    same at coarser cuts of the trees (:func:`explanation_levels`)."""
-    tree_a, tree_b, _, modes_a, modes_b = trees
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Stage 6 (explanation): the exact OT plan between the mapped A rows and the B rows
+    (seeded subsamples of at most ``max_exact`` rows) and each of their rows' mode:
+    ``(leaf_a (m_a,), leaf_b (m_b,), plan (m_a, m_b))``, what
+    :func:`~flowmatch.matching.matching_from_transport` and :func:`explanation_levels` read."""
+    _, _, _, modes_a, modes_b = trees
     ia, ib, plan, _ = transport_subsample(u_a, u_b, matrix, bias, max_exact=max_exact, seed=seed)
-    leaf_a, leaf_b = modes_a[ia], modes_b[ib]
-    matching = matching_from_transport(tree_a, tree_b, leaf_a, leaf_b, plan)
-    return matching, explanation_levels(tree_a, tree_b, leaf_a, leaf_b, plan)
+    return modes_a[ia], modes_b[ib], plan
 
 
 def explanation_levels(
@@ -595,8 +600,6 @@ def explanation_levels(
     list of dicts: ``min_prominence`` (nats), ``n_modes_a``, ``n_modes_b``, ``pairs`` (the
     reported mode pairs) and ``crossing_mass``, from the finest cut to the coarsest.
     """
-    from flowmatch._merge_tree import NOISE_FLOOR
-
     # a tree that kept every peak (threshold 0) is cut from the persistence noise floor on
     base = max(float(tree_a.threshold_), float(tree_b.threshold_)) or NOISE_FLOOR
     out: list[dict[str, float]] = []
@@ -632,12 +635,12 @@ def balance(
     map carries, ``balance_steps`` similarity steps of OT refinement that give paired modes
     equal mass on both sides. Returns ``(matrix, bias, mode correspondence, balanced, the
     correspondence at coarser cuts of the trees)`` (:func:`explanation_levels`)."""
-    s = settings
+    s, (tree_a, tree_b, _, modes_a, modes_b) = settings, trees
     matrix, bias = rotation, torch.zeros(rotation.shape[0], dtype=torch.float64)
-    final, levels = _mode_pairs_under_map(trees, u_a, u_b, matrix, bias, s.max_exact, seed)
+    plan = _mode_plan(trees, u_a, u_b, matrix, bias, s.max_exact, seed)
+    final = matching_from_transport(tree_a, tree_b, *plan)
     if not (s.balance_steps and final.crossing_mass <= s.max_crossing and len(final.leaf_pairs)):
-        return matrix, bias, final, False, levels
-    _, _, _, modes_a, modes_b = trees
+        return matrix, bias, final, False, explanation_levels(tree_a, tree_b, *plan)
     lookup = [np.full(len(t.leaves_) + 1, -1, dtype=np.int64) for t in trees[:2]]
     for side in (0, 1):
         lookup[side][final.leaf_pairs[:, side]] = np.arange(len(final.leaf_pairs))
@@ -656,8 +659,9 @@ def balance(
         anchors=anchors,
         anchor_weight=s.anchor_weight,
     )
-    final, levels = _mode_pairs_under_map(trees, u_a, u_b, matrix, bias, s.max_exact, seed)
-    return matrix, bias, final, True, levels
+    plan = _mode_plan(trees, u_a, u_b, matrix, bias, s.max_exact, seed)
+    final = matching_from_transport(tree_a, tree_b, *plan)
+    return matrix, bias, final, True, explanation_levels(tree_a, tree_b, *plan)
 
 
 def _canonical(x: Tensor) -> np.ndarray:

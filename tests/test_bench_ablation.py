@@ -11,6 +11,7 @@ import pytest
 
 from benchmarks import embeddings as emb
 from benchmarks import translate as tb
+from flowmatch.translation import NoStartingMap
 
 
 class _FakeTranslation:
@@ -29,7 +30,7 @@ def test_embedding_ablation_runs_each_family_alone(monkeypatch):
     def fake_translate(a, b, *, seed, progress, **params):
         calls.append(params)
         if params.get("starts") == ["modes"]:
-            raise ValueError("no starting map: the start families ('modes',) gave none")
+            raise NoStartingMap("no starting map: the start families ('modes',) gave none")
         return _FakeTranslation()
 
     rng = np.random.default_rng(0)
@@ -79,7 +80,7 @@ def test_zoo_ablation_rows(monkeypatch):
     def fake_compare(name, methods, n_pairs=10, seed=0, method_params=None, **kwargs):
         calls.append(method_params)
         if method_params and method_params["flowmatch"]["starts"] == ["gw"]:
-            raise ValueError("no starting map: the start families ('gw',) gave none")
+            raise NoStartingMap("no starting map: the start families ('gw',) gave none")
         return _Report(["affine", *methods])
 
     monkeypatch.setattr(cmp, "compare", fake_compare)
