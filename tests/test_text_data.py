@@ -122,6 +122,52 @@ def test_parse_manpage_text_keeps_prose_paragraphs():
     assert paras[1][1].startswith("O_APPEND The file is opened in append mode.")
 
 
+def test_parse_html_paragraphs_keeps_prose_drops_code_and_short():
+    prose = (
+        "Return a frame object from the call stack. If optional integer depth is given, "
+        "return the frame object that many calls below the top of the stack."
+    )
+    html = (
+        "<html><head><style>p { margin: 0 }</style></head><body>"
+        f'<h1>inspect<a class="headerlink" href="#x">\u00b6</a></h1><p>{prose}</p>'
+        "<p>Too short to keep.</p>"
+        "<pre>def f(x):\n    return {x: [x; x]} * 2 & 3 | 4 # ok</pre>"
+        "<p>x = {a: [1, 2]}; y = {b: [3, 4]}; z = x | y; w = a & b; v = c * d; u = e # f "
+        "and some more tokens to pass twenty words here {}[];=&lt;&gt;</p>"
+        f"<dl><dd><p>  {prose.upper().lower()}\n  spread over\n lines of the page source "
+        "</p></dd></dl></body></html>"
+    )
+    paras = td.parse_html_paragraphs(html)
+    assert paras[0] == prose
+    assert len(paras) == 2 and paras[1].endswith("lines of the page source")
+
+
+def test_parse_fortunes_splits_on_percent_lines():
+    source = (
+        "Many people feel that they deserve some kind of recognition for all the bad\n"
+        "things they haven't done.\n%\nShort one.\n%\n"
+        "    /\\_/\\   ( o.o )  > ^ <   {}[]{}[]   ###   ***   |||   $$$   &&&   ===\n"
+        "   ascii art is not a text at all, though it has twelve words or so\n%\n"
+        "A fortune with a % sign inside a line stays one entry, as fortune-mod reads it.\n"
+        "\t\t-- its author\n"
+    )
+    entries = td.parse_fortunes(source)
+    assert entries == [
+        "Many people feel that they deserve some kind of recognition for all the bad "
+        "things they haven't done.",
+        "A fortune with a % sign inside a line stays one entry, as fortune-mod reads it. "
+        "-- its author",
+    ]
+
+
+def test_new_corpora_name_their_packages(monkeypatch):
+    monkeypatch.setattr(td, "_dpkg_version", lambda pkg: None)
+    with pytest.raises(td.MissingDataError, match="apt-get install python3-doc"):
+        td.corpus_version("pydocs")
+    with pytest.raises(td.MissingDataError, match="apt-get install fortunes"):
+        td.corpus_version("fortunes")
+
+
 @pytest.mark.skipif(
     shutil.which("groff") is None or not OPEN_2.exists(), reason="needs groff-base and manpages-dev"
 )
