@@ -14,10 +14,12 @@ from flowmatch._validation import check_bool, check_int, check_real
 
 __all__ = ["DEFAULT_STARTS", "START_FAMILIES", "TranslateSettings", "check_setting"]
 
-START_FAMILIES = ("clusters", "modes", "moments", "gw")
+START_FAMILIES = ("clusters", "modes", "moments", "gw", "clusters_full")
 """Starting-map families: k-means anchors matched by quadratic assignment (``clusters``), the
 density trees' matched modes as anchors (``modes``), principal axes paired in order with the
-signs of their skews (``moments``), Gromov–Wasserstein couplings (``gw``)."""
+signs of their skews (``moments``), Gromov–Wasserstein couplings (``gw``); and
+``clusters_full``, the same k-means anchors on all the map coordinates, refined at the full
+width only (mini-vec2vec's path), which competes with the coarse-to-fine survivors at the end."""
 
 DEFAULT_STARTS = ("clusters", "moments", "gw")
 """The families :func:`flowmatch.translate` uses by default: all but ``modes``. Run alone
@@ -91,7 +93,9 @@ class TranslateSettings:
             rows are few (README, "How translate finds the map").
     Starting maps
         starts : which families give candidate maps (:data:`START_FAMILIES`; default
-            :data:`DEFAULT_STARTS`, without ``modes``).
+            :data:`DEFAULT_STARTS`, without ``modes`` and ``clusters_full``: the latter
+            helped one of five free-form-text splits measured and was kept on WordNet at
+            5,000 rows for no gain, the full-width CSLS barely telling the maps apart; README).
         n_clusters, n_anchor_runs, n_qap_restarts, anchor_rows : k-means anchors — clusters per
             run, runs pooled, 2-opt restarts of each quadratic assignment, rows clustered per run.
         neighbours : B rows averaged into each pseudo-partner (anchors and refinement).

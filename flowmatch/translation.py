@@ -374,6 +374,16 @@ def fit_trees(ae_a: Any, x_a: Tensor, ae_b: Any, x_b: Tensor, params: dict[str, 
     return trees[0], trees[1], matching, modes[0], modes[1]
 
 
+def _with_known(
+    anchors: Anchors, u_a: Tensor, u_b: Tensor, pairs: tuple[np.ndarray, np.ndarray] | None
+) -> Anchors:
+    """``anchors`` with the known pairs' unit rows appended (when there are any)."""
+    if pairs is None or not len(pairs[0]):
+        return anchors
+    known_a, known_b = normalise_rows(u_a[pairs[0]]), normalise_rows(u_b[pairs[1]])
+    return Anchors(torch.cat([anchors.a, known_a]), torch.cat([anchors.b, known_b]), ())
+
+
 def starting_maps(
     u_a: Tensor,
     u_b: Tensor,
@@ -381,15 +391,19 @@ def starting_maps(
     *,
     trees: tuple[Any, ...] | None = None,
     pairs: tuple[np.ndarray, np.ndarray] | None = None,
+    full: tuple[Tensor, Tensor] | None = None,
     seed: int = 0,
     progress: bool = False,
 ) -> dict[str, Tensor]:
-    """Stage 3: candidate orthogonal maps (p_b, p_a) by name.
+    """Stage 3: candidate orthogonal maps (p_b, p_a) by name, on the coordinates given
+    (``u_a``, ``u_b``: the ``p0`` leading ones).
 
     ``clusters``: pooled k-means anchors (plus the known pairs, if any); ``modes``: the matched
     density modes of ``trees = (tree_a, tree_b, matching, modes_a, modes_b)``; ``moments``:
     principal axes in order, signs by skew; ``gw<i>``: Gromov–Wasserstein couplings of 400-row
-    subsamples.
+    subsamples; ``clusters_full``: k-means anchors on all the map coordinates ``full = (U_a,
+    U_b)`` when they are wider than ``u_a`` — a (p, p) map that
+    :func:`refine_and_select` refines at the full width only.
     """
     s, out = settings, {}
     common = {"k": s.neighbours, "seed": seed}
@@ -404,10 +418,9 @@ def starting_maps(
             seed=seed,
             progress=progress,
         )
-        if pairs is not None and len(pairs[0]):
-            known = Anchors(normalise_rows(u_a[pairs[0]]), normalise_rows(u_b[pairs[1]]), ())
-            anchors = Anchors(torch.cat([anchors.a, known.a]), torch.cat([anchors.b, known.b]), ())
-        out["clusters"] = start_from_anchors(u_a, u_b, anchors, **common)
+        out["clusters"] = start_from_anchors(
+            u_a, u_b, _with_known(anchors, u_a, u_b, pairs), **common
+        )
     if "modes" in s.starts and trees is not None:
         _, _, matching, modes_a, modes_b = trees
         try:
@@ -420,6 +433,18 @@ def starting_maps(
     if "gw" in s.starts:
         for i in range(s.n_gw_starts):
             out[f"gw{i}"] = gw_start(u_a, u_b, seed=seed + i)
+    if "clusters_full" in s.starts and full is not None and full[0].shape[1] > u_a.shape[1]:
+        anchors = cluster_anchors(
+            *full,
+            n_clusters=s.n_clusters,
+            n_runs=s.n_anchor_runs,
+            n_restarts=s.n_qap_restarts,
+            max_rows=s.anchor_rows,
+            seed=seed + 1,
+            progress=progress,
+        )
+        anchors = _with_known(anchors, *full, pairs)
+        out["clusters_full"] = start_from_anchors(*full, anchors, **common)
     if not out:
         raise NoStartingMap(f"no starting map: the start families {s.starts} gave none")
     return out
@@ -502,6 +527,8 @@ def refine_and_select(
     CSLS at the full width is kept and gets the cluster correction. (Probe scores at ``p0``
     rank the starts roughly — on the manual-page embeddings the start that wins at the full
     width was fourth of five there — while at the second width it was first, as on WordNet.)
+    A start wider than ``p0`` (``clusters_full``, a (p, p) map) skips the probe and the widths:
+    it gets ``n_refine`` rounds at the full width (no early stop) and competes there.
 
     Returns
     -------
@@ -516,7 +543,10 @@ def refine_and_select(
     p0, cut = widths[0], min(2, len(widths))
     ua0, ub0 = u_a[:, :p0], u_b[:, :p0]
     probed, scores, fits = {}, {}, {name: [] for name in starts}
+    wide = {name: rot for name, rot in starts.items() if rot.shape[0] > p0}
     for name, rot in starts.items():
+        if name in wide:
+            continue
         probed[name] = refine_nearest(
             ua0,
             ub0,
@@ -538,6 +568,18 @@ def refine_and_select(
     for name in survivors[: s.n_survivors]:
         refined[name] = _refine_stages(
             u_a, u_b, partial[name], s, seed, range(cut, len(widths)), fits[name]
+        )
+        score = alignment_score(u_a, u_b, refined[name])
+        scores[f"{name}/final"] = {**asdict(score), "rounds": len(fits[name])}
+    for name, rot in wide.items():  # mini-vec2vec's path: all rounds at the full width
+        refined[name] = refine_nearest(
+            u_a,
+            u_b,
+            rot,
+            n_rounds=s.n_refine,
+            seed=seed + 1,
+            trace=fits[name],
+            **{**_round_options(s), "tol": None},
         )
         score = alignment_score(u_a, u_b, refined[name])
         scores[f"{name}/final"] = {**asdict(score), "rounds": len(fits[name])}
@@ -746,7 +788,14 @@ def translate(
     done("coordinates and trees")
     p0 = search_widths(ua.shape[1], s.search_components)[0]
     starts = starting_maps(
-        ua[:, :p0], ub[:, :p0], s, trees=trees, pairs=known, seed=seed, progress=progress
+        ua[:, :p0],
+        ub[:, :p0],
+        s,
+        trees=trees,
+        pairs=known,
+        full=(ua, ub),
+        seed=seed,
+        progress=progress,
     )
     done("starting maps")
     kept, rot, scores = refine_and_select(ua, ub, starts, s, seed=seed, progress=progress)

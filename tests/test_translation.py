@@ -7,6 +7,7 @@ from flowmatch.settings import TranslateSettings
 from flowmatch.translation import Translation, search_widths, translate
 
 AE = {"latent_dim": 4, "n_components": 4, "hidden": 16, "max_steps": 30, "progress": False}
+ALL_STARTS = ["clusters", "moments", "gw", "clusters_full"]
 FAST = {"n_anchor_runs": 10, "n_probe": 10, "n_refine": 40, "n_finalists": 2}
 
 
@@ -143,6 +144,26 @@ def test_clean_modes_are_carried_one_to_one_and_balanced():
     assert all(lv["n_modes_a"] <= len(CENTRES) for lv in levels)
     assert levels[-1]["n_modes_a"] == levels[-1]["n_modes_b"] == levels[-1]["pairs"] == 1
     assert levels[-1]["crossing_mass"] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_full_width_cluster_start_is_refined_at_the_full_width_only(rotation):
+    """``clusters_full`` (anchors on all the map coordinates) skips the probe and the
+    coarse-to-fine widths: one refinement at the full width, then it competes at the end."""
+    a, b, test_a, test_b, t = rotation
+    p = t.info_["n_components"]  # 32: search from 8 coordinates, so that it is wider
+    wide = {**FAST, "starts": ["clusters_full"], "search_components": 8}
+    full = translate(a, b, autoencoder_params=AE, seed=0, progress=False, **wide)
+    scores = full.info_["scores"]
+    assert set(scores) == {"clusters_full/final", "final"}
+    assert scores["clusters_full/final"]["rounds"] == FAST["n_refine"]  # no early stop
+    assert full.info_["initialisation"] == "clusters_full" and full.matrix_.shape == (p, p)
+    # alone it does not find this rotation (top-1 about 0.06: anchors on all 32 coordinates of
+    # a non-clustered distribution); beside the coarse-to-fine starts it must not be kept
+    both = translate(
+        a, b, autoencoder_params=AE, seed=0, progress=False, **{**wide, "starts": ALL_STARTS}
+    )
+    assert both.info_["initialisation"] != "clusters_full"
+    assert both.score(test_a, test_b).top1 >= 0.95
 
 
 def test_a_narrower_b_and_known_pairs():
