@@ -60,6 +60,7 @@ _RULES: dict[str, Callable[[str, Any], None]] = {
     "smoothing": lambda n, v: check_real(n, v, 0.0, 1.0, high_open=True),
     "orthogonal": check_bool,
     "max_targets": lambda n, v: check_int(n, v, 2),
+    "n_polish": lambda n, v: check_int(n, v, 0),
     "n_refine_clusters": lambda n, v: check_int(n, v, 0),
     "balance_steps": lambda n, v: check_int(n, v, 0),
     "max_crossing": lambda n, v: check_real(n, v, 0.0, 1.0),
@@ -122,6 +123,10 @@ class TranslateSettings:
         orthogonal : keep the map orthogonal; by default it is the running average of the
             rounds' rotations, which shrinks the directions they disagree on
             (:func:`flowmatch.refinement.refine_nearest`).
+        n_polish : rounds the kept map gets at the full width after the selection, without the
+            early stop (0: none), before the cluster correction. Where a map is only partly
+            found the CSLS rises too slowly for ``refine_tol`` while retrieval still improves
+            (README).
         n_refine_clusters : clusters of the closing cluster correction (0: none).
     Balancing (optional)
         balance_steps, max_crossing, max_exact, group_penalty : when at most ``max_crossing`` of
@@ -154,6 +159,7 @@ class TranslateSettings:
     smoothing: float = 0.5
     orthogonal: bool = False
     max_targets: int = 50_000
+    n_polish: int = 0
     n_refine_clusters: int = 500
     balance_steps: int = 10
     max_crossing: float = 0.2

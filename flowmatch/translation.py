@@ -534,9 +534,10 @@ def refine_and_select(
     -------
     name : the kept start ; rotation : Tensor  # (p, p) ; scores : per start, its score after
         the probe rounds, ``"<name>/w<width>"`` per finalist at the second width,
-        ``"<name>/final"`` per survivor at the full width, and ``"final"`` for the kept map;
-        each a dict of :class:`~flowmatch.refinement.AlignmentScore`'s fields, and ``rounds``
-        (the candidate's refinement rounds so far) but for ``"final"``.
+        ``"<name>/final"`` per survivor at the full width, and ``"final"`` for the kept map
+        (after ``n_polish`` more rounds and the cluster correction); each a dict of
+        :class:`~flowmatch.refinement.AlignmentScore`'s fields, and ``rounds`` (the
+        candidate's refinement rounds so far).
     """
     s = settings
     widths = search_widths(u_a.shape[1], s.search_components)
@@ -585,6 +586,16 @@ def refine_and_select(
         scores[f"{name}/final"] = {**asdict(score), "rounds": len(fits[name])}
     kept = max(refined, key=lambda name: scores[f"{name}/final"]["csls"])
     rot = refined[kept]
+    if s.n_polish:
+        rot = refine_nearest(
+            u_a,
+            u_b,
+            rot,
+            n_rounds=s.n_polish,
+            seed=seed + len(widths) + 1,
+            trace=fits[kept],
+            **{**_round_options(s), "tol": None},
+        )
     if s.n_refine_clusters:
         rot = refine_clusters(
             u_a,
@@ -595,7 +606,7 @@ def refine_and_select(
             max_rows=s.max_targets,
             seed=seed,
         )
-    scores["final"] = asdict(alignment_score(u_a, u_b, rot))
+    scores["final"] = {**asdict(alignment_score(u_a, u_b, rot)), "rounds": len(fits[kept])}
     return kept, rot, scores
 
 

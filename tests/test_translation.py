@@ -166,6 +166,19 @@ def test_full_width_cluster_start_is_refined_at_the_full_width_only(rotation):
     assert both.score(test_a, test_b).top1 >= 0.95
 
 
+def test_polish_gives_the_kept_map_more_rounds(rotation):
+    """``n_polish`` rounds at the full width after the selection (no early stop)."""
+    a, b, test_a, test_b, t = rotation
+    scores = t.info_["scores"]
+    kept = t.info_["initialisation"]
+    assert scores["final"]["rounds"] == scores[f"{kept}/final"]["rounds"]  # default: none
+    polished = translate(a, b, autoencoder_params=AE, seed=0, progress=False, **FAST, n_polish=15)
+    ps = polished.info_["scores"]
+    assert polished.info_["initialisation"] == kept
+    assert ps["final"]["rounds"] == ps[f"{kept}/final"]["rounds"] + 15
+    assert polished.score(test_a, test_b).top1 >= 0.95
+
+
 def test_a_narrower_b_and_known_pairs():
     rng = np.random.default_rng(0)
     base = rng.standard_normal((600, 6)) @ rng.standard_normal((6, 20))
