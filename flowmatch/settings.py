@@ -112,8 +112,10 @@ class TranslateSettings:
             schedule (``n_probe`` of the first width's already done).
         refine_tol : a width's refinement ends early once the map's CSLS, checked every 10
             rounds, has gained less than this since the last check (None: always ``n_refine``
-            rounds). On the embedding benchmark the maps that win reach their plateau within
-            20–40 rounds at every width, and the rounds after it change nothing measurable.
+            rounds). On WordNet the maps that win reach their plateau within 20–40 rounds
+            at every width, and the rounds after it change nothing measurable; on a harder
+            corpus a partly found map can keep improving while its CSLS barely moves
+            (fortunes, 4,000 rows, seed 0: top-1 0.436, with None 0.907; see ``n_polish``).
         refine_batch, smoothing, max_targets : A rows per round, weight of the previous map in
             each step, B rows searched per round (a seeded subsample above it; also the rows of
             the closing k-means). On 50,000 WordNet gloss embeddings per side, searching all of
