@@ -96,8 +96,8 @@ class TranslateSettings:
         starts : which families give candidate maps (:data:`START_FAMILIES`; default
             :data:`DEFAULT_STARTS`, without ``modes`` and ``clusters_full``: the latter
             helped two of six free-form-text splits measured (Python docs, 9,000 rows, seed 0:
-            0.139 → 0.731) and was kept on WordNet at 5,000 rows for no gain; its cost at
-            20,000–50,000 rows is not measured yet; README).
+            0.139 → 0.731) and was kept on WordNet at 5,000 rows for no gain, at 1.4 times
+            translate's time there; README).
         n_clusters, n_anchor_runs, n_qap_restarts, anchor_rows : k-means anchors — clusters per
             run, runs pooled, 2-opt restarts of each quadratic assignment, rows clustered per run.
         neighbours : B rows averaged into each pseudo-partner (anchors and refinement).
