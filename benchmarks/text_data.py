@@ -74,7 +74,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
 from pathlib import Path
@@ -335,7 +335,8 @@ _MAN_SKIP_SECTIONS = frozenset(
         "VERSIONS",
     }
 )
-_MAN_MIN_WORDS, _MAN_MAX_WORDS = 20, 200
+#: paragraph lengths, in words, the man-page and documentation corpora keep
+_PARA_MIN_WORDS, _PARA_MAX_WORDS = 20, 200
 _CODE_CHARS = set("{}[];=<>#*&|\\$")
 _MAN_PATH = re.compile(r"^/usr/share/man/man([0-9][^/]*)/([^/]+)\.gz$")
 
@@ -347,6 +348,26 @@ def _prose_like(text: str) -> bool:
     words = text.split()
     alpha = sum(bool(re.fullmatch(r"[(\"'`]?[A-Za-z][a-z'-]*[.,;:!?)\"']*", w)) for w in words)
     return alpha >= 0.6 * len(words)
+
+
+def _keep(text: str, min_words: int, max_words: int) -> bool:
+    """A corpus text: ``min_words``-``max_words`` words and prose-like."""
+    return min_words <= len(text.split()) <= max_words and _prose_like(text)
+
+
+def _corpus_rows(
+    documents: Iterable[tuple[str, str, list[str]]],
+) -> tuple[list[str], list[str], list[str]]:
+    """``(texts, ids, labels)`` from ``(id prefix, label, texts)`` per source document; the
+    k-th text of a document gets the id ``<prefix>:<k>``."""
+    texts: list[str] = []
+    ids: list[str] = []
+    labels: list[str] = []
+    for prefix, label, parts in documents:
+        texts.extend(parts)
+        ids.extend(f"{prefix}:{k}" for k in range(len(parts)))
+        labels.extend([label] * len(parts))
+    return texts, ids, labels
 
 
 def parse_manpage_text(rendered: str) -> list[tuple[str, str]]:
@@ -376,8 +397,7 @@ def parse_manpage_text(rendered: str) -> list[tuple[str, str]]:
     def flush() -> None:
         if block and section not in _MAN_SKIP_SECTIONS:
             text = _normalise_space(" ".join(block))
-            n = len(text.split())
-            if _MAN_MIN_WORDS <= n <= _MAN_MAX_WORDS and _prose_like(text):
+            if _keep(text, _PARA_MIN_WORDS, _PARA_MAX_WORDS):
                 out.append((section, text))
         block.clear()
 
@@ -425,24 +445,21 @@ def _build_manpages() -> tuple[list[str], list[str], list[str] | None]:
         raise MissingDataError(
             "the manpages corpus needs groff to render manual pages: apt-get install groff-base"
         )
-    texts: list[str] = []
-    ids: list[str] = []
-    labels: list[str] = []
     files = [p for pkg in MANPAGE_PACKAGES for p in _manpage_files(pkg)]
     from tqdm.auto import tqdm
 
-    for path in tqdm(files, desc="rendering man pages", unit="page", file=sys.stderr):
-        rendered = _render_manpage(path)
-        if rendered is None:
-            continue
-        m = _MAN_PATH.match(path)
-        assert m is not None
-        section, page = m.group(1), m.group(2)
-        for k, (_heading, para) in enumerate(parse_manpage_text(rendered)):
-            texts.append(para)
-            ids.append(f"man:{page}:{k}")
-            labels.append(f"man{section[0]}")
-    return texts, ids, labels
+    def pages() -> Iterator[tuple[str, str, list[str]]]:
+        for path in tqdm(files, desc="rendering man pages", unit="page", file=sys.stderr):
+            rendered = _render_manpage(path)
+            if rendered is None:
+                continue
+            m = _MAN_PATH.match(path)
+            assert m is not None
+            section, page = m.group(1), m.group(2)
+            paras = [para for _heading, para in parse_manpage_text(rendered)]
+            yield f"man:{page}", f"man{section[0]}", paras
+
+    return _corpus_rows(pages())
 
 
 #: the Python documentation as Debian's ``python3-doc`` ships it (HTML)
@@ -491,7 +508,7 @@ def parse_html_paragraphs(html: str) -> list[str]:
     out = []
     for raw in parser.paragraphs:
         text = _normalise_space(raw.replace("\u00b6", ""))
-        if _MAN_MIN_WORDS <= len(text.split()) <= _MAN_MAX_WORDS and _prose_like(text):
+        if _keep(text, _PARA_MIN_WORDS, _PARA_MAX_WORDS):
             out.append(text)
     return out
 
@@ -502,19 +519,16 @@ def _build_pydocs() -> tuple[list[str], list[str], list[str] | None]:
         raise MissingDataError(
             f"the pydocs corpus reads {PYDOCS_DIR}, which is missing: apt-get install python3-doc"
         )
-    texts: list[str] = []
-    ids: list[str] = []
-    labels: list[str] = []
-    for path in sorted(root.rglob("*.html")):
-        rel = path.relative_to(root).as_posix()
-        if rel.startswith(_PYDOCS_SKIP):
-            continue
-        html = path.read_text(encoding="utf-8", errors="replace")
-        for k, para in enumerate(parse_html_paragraphs(html)):
-            texts.append(para)
-            ids.append(f"py:{rel}:{k}")
-            labels.append(rel.split("/")[0] if "/" in rel else "top")
-    return texts, ids, labels
+    rels = (path.relative_to(root).as_posix() for path in sorted(root.rglob("*.html")))
+    return _corpus_rows(
+        (
+            f"py:{rel}",
+            rel.split("/")[0] if "/" in rel else "top",
+            parse_html_paragraphs((root / rel).read_text(encoding="utf-8", errors="replace")),
+        )
+        for rel in rels
+        if not rel.startswith(_PYDOCS_SKIP)
+    )
 
 
 #: fortune-mod's databases as Debian's ``fortunes`` ships them (one file per category)
@@ -527,7 +541,7 @@ def parse_fortunes(source: str) -> list[str]:
     out = []
     for entry in re.split(r"^%$", source, flags=re.M):
         text = _normalise_space(entry)
-        if _FORTUNE_MIN_WORDS <= len(text.split()) <= _FORTUNE_MAX_WORDS and _prose_like(text):
+        if _keep(text, _FORTUNE_MIN_WORDS, _FORTUNE_MAX_WORDS):
             out.append(text)
     return out
 
@@ -537,18 +551,19 @@ def _build_fortunes() -> tuple[list[str], list[str], list[str] | None]:
         raise MissingDataError(
             f"the fortunes corpus reads {FORTUNES_DIR}, which is missing: apt-get install fortunes"
         )
-    texts: list[str] = []
-    ids: list[str] = []
-    labels: list[str] = []
-    for path in sorted(FORTUNES_DIR.iterdir()):
-        if path.suffix in (".dat", ".u8") or path.is_symlink() or not path.is_file():
-            continue
-        source = path.read_text(encoding="utf-8", errors="replace")
-        for k, entry in enumerate(parse_fortunes(source)):
-            texts.append(entry)
-            ids.append(f"fortune:{path.name}:{k}")
-            labels.append(path.name)
-    return texts, ids, labels
+    databases = [
+        path
+        for path in sorted(FORTUNES_DIR.iterdir())
+        if path.suffix not in (".dat", ".u8") and path.is_file() and not path.is_symlink()
+    ]
+    return _corpus_rows(
+        (
+            f"fortune:{path.name}",
+            path.name,
+            parse_fortunes(path.read_text(encoding="utf-8", errors="replace")),
+        )
+        for path in databases
+    )
 
 
 CORPORA: dict[str, CorpusSpec] = {

@@ -374,14 +374,32 @@ def fit_trees(ae_a: Any, x_a: Tensor, ae_b: Any, x_b: Tensor, params: dict[str, 
     return trees[0], trees[1], matching, modes[0], modes[1]
 
 
-def _with_known(
-    anchors: Anchors, u_a: Tensor, u_b: Tensor, pairs: tuple[np.ndarray, np.ndarray] | None
-) -> Anchors:
-    """``anchors`` with the known pairs' unit rows appended (when there are any)."""
-    if pairs is None or not len(pairs[0]):
-        return anchors
-    known_a, known_b = normalise_rows(u_a[pairs[0]]), normalise_rows(u_b[pairs[1]])
-    return Anchors(torch.cat([anchors.a, known_a]), torch.cat([anchors.b, known_b]), ())
+def _cluster_start(
+    u_a: Tensor,
+    u_b: Tensor,
+    s: TranslateSettings,
+    pairs: tuple[np.ndarray, np.ndarray] | None,
+    seed: int,
+    anchor_seed: int,
+    progress: bool,
+) -> Tensor:
+    """The k-means + QAP anchors' start on these coordinates, the known pairs' unit rows
+    added to the anchors (when there are any)  # (p_b, p_a). ``anchor_seed`` seeds the
+    anchors' draws, ``seed`` the pseudo-pairs'."""
+    anchors = cluster_anchors(
+        u_a,
+        u_b,
+        n_clusters=s.n_clusters,
+        n_runs=s.n_anchor_runs,
+        n_restarts=s.n_qap_restarts,
+        max_rows=s.anchor_rows,
+        seed=anchor_seed,
+        progress=progress,
+    )
+    if pairs is not None and len(pairs[0]):
+        known_a, known_b = normalise_rows(u_a[pairs[0]]), normalise_rows(u_b[pairs[1]])
+        anchors = Anchors(torch.cat([anchors.a, known_a]), torch.cat([anchors.b, known_b]), ())
+    return start_from_anchors(u_a, u_b, anchors, k=s.neighbours, seed=seed)
 
 
 def starting_maps(
@@ -406,26 +424,13 @@ def starting_maps(
     :func:`refine_and_select` refines at the full width only.
     """
     s, out = settings, {}
-    common = {"k": s.neighbours, "seed": seed}
     if "clusters" in s.starts:
-        anchors = cluster_anchors(
-            u_a,
-            u_b,
-            n_clusters=s.n_clusters,
-            n_runs=s.n_anchor_runs,
-            n_restarts=s.n_qap_restarts,
-            max_rows=s.anchor_rows,
-            seed=seed,
-            progress=progress,
-        )
-        out["clusters"] = start_from_anchors(
-            u_a, u_b, _with_known(anchors, u_a, u_b, pairs), **common
-        )
+        out["clusters"] = _cluster_start(u_a, u_b, s, pairs, seed, seed, progress)
     if "modes" in s.starts and trees is not None:
         _, _, matching, modes_a, modes_b = trees
         try:
             anchors = mode_anchors(u_a, u_b, modes_a, modes_b, matching.leaf_pairs)
-            out["modes"] = start_from_anchors(u_a, u_b, anchors, **common)
+            out["modes"] = start_from_anchors(u_a, u_b, anchors, k=s.neighbours, seed=seed)
         except ValueError:  # fewer than two matched modes: no start from the trees
             pass
     if "moments" in s.starts:
@@ -434,17 +439,7 @@ def starting_maps(
         for i in range(s.n_gw_starts):
             out[f"gw{i}"] = gw_start(u_a, u_b, seed=seed + i)
     if "clusters_full" in s.starts and full is not None and full[0].shape[1] > u_a.shape[1]:
-        anchors = cluster_anchors(
-            *full,
-            n_clusters=s.n_clusters,
-            n_runs=s.n_anchor_runs,
-            n_restarts=s.n_qap_restarts,
-            max_rows=s.anchor_rows,
-            seed=seed + 1,
-            progress=progress,
-        )
-        anchors = _with_known(anchors, *full, pairs)
-        out["clusters_full"] = start_from_anchors(*full, anchors, **common)
+        out["clusters_full"] = _cluster_start(*full, s, pairs, seed, seed + 1, progress)
     if not out:
         raise NoStartingMap(f"no starting map: the start families {s.starts} gave none")
     return out
@@ -476,6 +471,25 @@ def _round_options(s: TranslateSettings) -> dict[str, Any]:
         "orthogonal": s.orthogonal,
         "tol": s.refine_tol,
     }
+
+
+def _fixed_rounds(
+    u_a: Tensor,
+    u_b: Tensor,
+    rot: Tensor,
+    n_rounds: int,
+    settings: TranslateSettings,
+    seed: int,
+    trace: list[float],
+) -> Tensor:
+    """``n_rounds`` of translate's nearest-neighbour rounds on the leading ``rot.shape[1]``
+    coordinates, without the early stop  # (w, w) → (w, w); each round's fit goes to
+    ``trace``."""
+    w = rot.shape[1]
+    options = {**_round_options(settings), "tol": None}
+    return refine_nearest(
+        u_a[:, :w], u_b[:, :w], rot, n_rounds=n_rounds, seed=seed, trace=trace, **options
+    )
 
 
 def _refine_stages(
@@ -541,61 +555,37 @@ def refine_and_select(
     """
     s = settings
     widths = search_widths(u_a.shape[1], s.search_components)
-    p0, cut = widths[0], min(2, len(widths))
-    ua0, ub0 = u_a[:, :p0], u_b[:, :p0]
+    p0, cut, p = widths[0], min(2, len(widths)), widths[-1]
     probed, scores, fits = {}, {}, {name: [] for name in starts}
     wide = {name: rot for name, rot in starts.items() if rot.shape[0] > p0}
+
+    def record(key: str, name: str, rot: Tensor, width: int) -> None:
+        score = alignment_score(u_a[:, :width], u_b[:, :width], rot)
+        scores[key] = {**asdict(score), "rounds": len(fits[name])}
+
     for name, rot in starts.items():
-        if name in wide:
-            continue
-        probed[name] = refine_nearest(
-            ua0,
-            ub0,
-            rot,
-            n_rounds=s.n_probe,
-            seed=seed,
-            **{**_round_options(s), "tol": None},
-            trace=fits[name],
-        )
-        scores[name] = {**asdict(alignment_score(ua0, ub0, probed[name])), "rounds": s.n_probe}
+        if name not in wide:
+            probed[name] = _fixed_rounds(u_a, u_b, rot, s.n_probe, s, seed, fits[name])
+            record(name, name, probed[name], p0)
     ranked = sorted(probed, key=lambda name: -scores[name]["csls"])[: s.n_finalists]
     wc, partial = widths[cut - 1], {}
     for name in tqdm(ranked, desc="finalists", disable=not progress, leave=False):
         partial[name] = _refine_stages(u_a, u_b, probed[name], s, seed, range(cut), fits[name])
-        score = alignment_score(u_a[:, :wc], u_b[:, :wc], partial[name])
-        scores[f"{name}/w{wc}"] = {**asdict(score), "rounds": len(fits[name])}
+        record(f"{name}/w{wc}", name, partial[name], wc)
     survivors = sorted(ranked, key=lambda name: -scores[f"{name}/w{wc}"]["csls"])
     refined = {}
     for name in survivors[: s.n_survivors]:
         refined[name] = _refine_stages(
             u_a, u_b, partial[name], s, seed, range(cut, len(widths)), fits[name]
         )
-        score = alignment_score(u_a, u_b, refined[name])
-        scores[f"{name}/final"] = {**asdict(score), "rounds": len(fits[name])}
+        record(f"{name}/final", name, refined[name], p)
     for name, rot in wide.items():  # mini-vec2vec's path: all rounds at the full width
-        refined[name] = refine_nearest(
-            u_a,
-            u_b,
-            rot,
-            n_rounds=s.n_refine,
-            seed=seed + 1,
-            trace=fits[name],
-            **{**_round_options(s), "tol": None},
-        )
-        score = alignment_score(u_a, u_b, refined[name])
-        scores[f"{name}/final"] = {**asdict(score), "rounds": len(fits[name])}
+        refined[name] = _fixed_rounds(u_a, u_b, rot, s.n_refine, s, seed + 1, fits[name])
+        record(f"{name}/final", name, refined[name], p)
     kept = max(refined, key=lambda name: scores[f"{name}/final"]["csls"])
     rot = refined[kept]
     if s.n_polish:
-        rot = refine_nearest(
-            u_a,
-            u_b,
-            rot,
-            n_rounds=s.n_polish,
-            seed=seed + len(widths) + 1,
-            trace=fits[kept],
-            **{**_round_options(s), "tol": None},
-        )
+        rot = _fixed_rounds(u_a, u_b, rot, s.n_polish, s, seed + len(widths) + 1, fits[kept])
     if s.n_refine_clusters:
         rot = refine_clusters(
             u_a,
@@ -606,7 +596,7 @@ def refine_and_select(
             max_rows=s.max_targets,
             seed=seed,
         )
-    scores["final"] = {**asdict(alignment_score(u_a, u_b, rot)), "rounds": len(fits[kept])}
+    record("final", kept, rot, p)
     return kept, rot, scores
 
 
