@@ -68,7 +68,10 @@ def refine_nearest(
     tol, window : stop early once the selection criterion stops rising: every ``window`` rounds
         the map's CSLS (:func:`alignment_score` on a fixed subsample of 1,000 A rows) is
         computed, and the refinement ends when it has gained less than ``tol`` since the last
-        check (None: always ``n_rounds``).
+        check and the map has stopped drifting (its last two moves between checks no longer
+        point the same way; judged only when rounds draw batches, :func:`_drifting`). A map
+        still being carried towards the right optimum can gain little CSLS per check for
+        many checks while its retrieval keeps rising (None: always ``n_rounds``).
     trace : if a list, each round's fit is appended to it (its length is the rounds run).
     """
     if not 0.0 <= smoothing < 1.0:
@@ -76,7 +79,8 @@ def refine_nearest(
     rng = np.random.default_rng(seed)
     xa, xb = normalise_rows(u_a), normalise_rows(u_b)
     rot = torch.as_tensor(rotation, dtype=torch.float64)
-    last = -float("inf")
+    last, checked = -float("inf"), [rot]  # the map at the last checks (and at the start)
+    resampled = len(xa) > batch or len(xb) > max_targets  # else every round is the same step
     for done in tqdm(range(1, n_rounds + 1), desc="refine", disable=not progress, leave=False):
         src = xa[torch.as_tensor(subsample(len(xa), batch, rng))]
         base = xb[torch.as_tensor(subsample(len(xb), max_targets, rng))]
@@ -88,10 +92,29 @@ def refine_nearest(
         rot = polar(rot) if orthogonal else rot
         if tol is not None and done % window == 0:
             score = alignment_score(u_a, u_b, rot, n_rows=1000).csls
-            if score - last < tol:
+            checked = [*checked[-2:], rot]
+            if score - last < tol and not (resampled and _drifting(checked)):
                 break
             last = score
     return rot
+
+
+def _drifting(maps: list[Tensor]) -> bool:
+    """Whether the map still moves one way: the last two steps between checks,
+    ``R_t − R_{t−w}`` and ``R_{t−w} − R_{t−2w}``, point the same way (positive cosine).
+
+    Rounds that only resample batches around a fixed point move the map back and forth, and
+    two such steps have cosine near −1/2 (that of a stationary process' successive
+    increments); a map that is still being carried towards another optimum moves on, and its
+    steps agree. ``maps``: the map at the last checks, oldest first (fewer than three: False).
+    Only meaningful when rounds draw batches: when every round sees all rows, the rounds are
+    one deterministic iteration whose steps agree however little it still moves.
+    """
+    if len(maps) < 3:
+        return False
+    step, before = maps[2] - maps[1], maps[1] - maps[0]
+    norm = float(step.norm() * before.norm())
+    return norm > 0 and float((step * before).sum()) / norm > 0.0
 
 
 def refine_clusters(

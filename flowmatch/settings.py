@@ -58,6 +58,8 @@ _RULES: dict[str, Callable[[str, Any], None]] = {
     "refine_tol": lambda n, v: check_real(n, v, 0.0, none=True),
     "refine_batch": lambda n, v: check_int(n, v, 2),
     "smoothing": lambda n, v: check_real(n, v, 0.0, 1.0, high_open=True),
+    "survivor_margin": lambda n, v: check_real(n, v, 0.0, 1.0),
+    "search_smoothing": lambda n, v: check_real(n, v, 0.0, 1.0, high_open=True),
     "orthogonal": check_bool,
     "max_targets": lambda n, v: check_int(n, v, 2),
     "n_polish": lambda n, v: check_int(n, v, 0),
@@ -107,22 +109,31 @@ class TranslateSettings:
             selection criterion (:func:`flowmatch.refinement.alignment_score`) picks one.
         n_finalists : the candidates with the best probe scores that are refined at the
             schedule's first two widths.
-        n_survivors : the finalists with the best score at the second width that are refined
-            through the full width; the one with the best score there is kept.
+        n_survivors, survivor_margin : the finalists with the best score at the second width
+            that are refined through the full width (less those scoring more than
+            ``survivor_margin``, a fraction of the best's score, below the best); the one with
+            the best score there is kept.
         n_refine : the most rounds each finalist gets at each width of the coarse-to-fine
             schedule (``n_probe`` of the first width's already done).
         refine_tol : a width's refinement ends early once the map's CSLS, checked every 10
-            rounds, has gained less than this since the last check (None: always ``n_refine``
-            rounds). On WordNet the maps that win reach their plateau within 20–40 rounds
-            at every width, and the rounds after it change nothing measurable; on a harder
-            corpus a partly found map can keep improving while its CSLS barely moves
-            (fortunes, 4,000 rows, seed 0: top-1 0.436, with None 0.907; see ``n_polish``).
+            rounds, has gained less than this since the last check and the map has stopped
+            drifting — its last two moves between checks no longer point the same way
+            (:func:`flowmatch.refinement.refine_nearest`; None: always ``n_refine`` rounds).
+            On WordNet the maps that win reach their plateau within 20–40 rounds at every
+            width; on harder corpora a partly found map keeps improving for many checks while
+            its CSLS barely moves, and the drift test keeps it going (fortunes, 4,000 rows,
+            seed 0: top-1 0.436 with the CSLS test alone, 0.905 with both; README).
+        search_smoothing : weight of the previous map in each round at the widths below the
+            full one. There every round's fit is well determined, and without smoothing a
+            partly found map moves twice as fast towards the right one (fortunes, 4,000 rows:
+            top-1 at 64 coordinates 0.66 after 100 rounds with 0.5, 0.85 with 0); at the full
+            width ``smoothing`` averages the noisily determined directions away.
         refine_batch, smoothing, max_targets : A rows per round, weight of the previous map in
-            each step, B rows searched per round (a seeded subsample above it; also the rows of
-            the closing k-means). On 50,000 WordNet gloss embeddings per side, searching all of
-            them instead of 20,000 raised top-1 from 0.986 / 0.988 to 0.989 / 0.990 (seeds
-            0 / 1), translate taking about 15% longer (seed 0, each beside another job: 235 s
-            against 205 s).
+            each step at the full width, B rows searched per round (a seeded subsample above
+            it; also the rows of the closing k-means). On 50,000 WordNet gloss embeddings per
+            side, searching all of them instead of 20,000 raised top-1 from 0.986 / 0.988 to
+            0.989 / 0.990 (seeds 0 / 1), translate taking about 15% longer (seed 0, each beside
+            another job: 235 s against 205 s).
         orthogonal : keep the map orthogonal; by default it is the running average of the
             rounds' rotations, which shrinks the directions they disagree on
             (:func:`flowmatch.refinement.refine_nearest`).
@@ -156,10 +167,12 @@ class TranslateSettings:
     n_probe: int = 20
     n_finalists: int = 5
     n_survivors: int = 2
+    survivor_margin: float = 0.1
     n_refine: int = 100
     refine_tol: float | None = 0.002
     refine_batch: int = 1000
     smoothing: float = 0.5
+    search_smoothing: float = 0.0
     orthogonal: bool = False
     max_targets: int = 50_000
     n_polish: int = 0

@@ -473,6 +473,12 @@ def _round_options(s: TranslateSettings) -> dict[str, Any]:
     }
 
 
+def _smoothing(s: TranslateSettings, width: int, p: int) -> float:
+    """The rounds' smoothing at ``width`` of ``p`` coordinates: ``search_smoothing`` below the
+    full width, ``smoothing`` at it."""
+    return s.search_smoothing if width < p else s.smoothing
+
+
 def _fixed_rounds(
     u_a: Tensor,
     u_b: Tensor,
@@ -487,6 +493,7 @@ def _fixed_rounds(
     ``trace``."""
     w = rot.shape[1]
     options = {**_round_options(settings), "tol": None}
+    options["smoothing"] = _smoothing(settings, w, u_a.shape[1])
     return refine_nearest(
         u_a[:, :w], u_b[:, :w], rot, n_rounds=n_rounds, seed=seed, trace=trace, **options
     )
@@ -515,9 +522,21 @@ def _refine_stages(
             n_rounds=max(s.n_refine - (s.n_probe if stage == 0 else 0), 0),
             seed=seed + 1 + stage,
             trace=trace,
-            **rounds,
+            **{**rounds, "smoothing": _smoothing(s, width, widths[-1])},
         )
     return rot
+
+
+def _survivors(names: list[str], csls: list[float], s: TranslateSettings) -> list[str]:
+    """The ``n_survivors`` finalists with the best CSLS at the second width, less those
+    scoring more than ``survivor_margin`` (a fraction of the best's) below the best: a clear
+    loser at the second width does not catch up at the wider ones."""
+    order = sorted(zip(csls, names), key=lambda pair: -pair[0])
+    if not order:  # every start was wider than the search's first width
+        return []
+    best = order[0][0]
+    kept = [name for score, name in order if score >= best - s.survivor_margin * abs(best)]
+    return kept[: s.n_survivors]
 
 
 def refine_and_select(
@@ -537,7 +556,8 @@ def refine_and_select(
     get up to ``n_refine`` rounds at each of the schedule's first two widths (fewer once the
     CSLS stops rising, ``refine_tol``) — the map found on the strong directions is the start
     on the next, wider set; the ``n_survivors`` best of them by
-    CSLS at the second width go on through the remaining widths, and the one with the best
+    CSLS at the second width (less any more than ``survivor_margin`` below the best) go on
+    through the remaining widths, and the one with the best
     CSLS at the full width is kept and gets the cluster correction. (Probe scores at ``p0``
     rank the starts roughly — on the manual-page embeddings the start that wins at the full
     width was fourth of five there — while at the second width it was first, as on WordNet.)
@@ -572,9 +592,9 @@ def refine_and_select(
     for name in tqdm(ranked, desc="finalists", disable=not progress, leave=False):
         partial[name] = _refine_stages(u_a, u_b, probed[name], s, seed, range(cut), fits[name])
         record(f"{name}/w{wc}", name, partial[name], wc)
-    survivors = sorted(ranked, key=lambda name: -scores[f"{name}/w{wc}"]["csls"])
+    survivors = _survivors(ranked, [scores[f"{name}/w{wc}"]["csls"] for name in ranked], s)
     refined = {}
-    for name in survivors[: s.n_survivors]:
+    for name in survivors:
         refined[name] = _refine_stages(
             u_a, u_b, partial[name], s, seed, range(cut, len(widths)), fits[name]
         )

@@ -72,3 +72,42 @@ def test_cluster_correction_keeps_a_good_map(coords):
     assert _error_on_data(rot, true, ua) < 0.25  # a random rotation: about 1.4
     tiny = refine_clusters(ua[:15], ub[:15], true)  # too few rows for two clusters: unchanged
     torch.testing.assert_close(tiny, true)
+
+
+def _walk(n_checks: int, drift: float, seed: int) -> list[torch.Tensor]:
+    """Maps at successive checks: a fixed point plus fresh noise each check, moved ``drift``
+    further along one direction every check."""
+    rng = np.random.default_rng(seed)
+    base, way = (torch.as_tensor(rng.standard_normal((16, 16))) for _ in range(2))
+    return [
+        base + drift * t * way + torch.as_tensor(rng.standard_normal((16, 16))) * 0.1
+        for t in range(n_checks)
+    ]
+
+
+def test_drift_test_tells_a_moving_map_from_one_resampled_in_place():
+    from flowmatch.refinement import _drifting
+
+    assert _drifting(_walk(3, 0.5, 0))  # consistent moves, larger than the noise
+    still = [_drifting(_walk(3, 0.0, seed)) for seed in range(200)]
+    assert np.mean(still) < 0.2  # around a fixed point successive moves disagree (cos ≈ −1/2)
+    assert not _drifting(_walk(2, 0.5, 0))  # fewer than three checks: no verdict
+    same = _walk(1, 0.0, 0) * 3
+    assert not _drifting(same)  # a map that does not move
+
+
+def test_early_stop_waits_for_a_drifting_map(coords, monkeypatch):
+    """The CSLS test alone would stop; a map still drifting is refined on."""
+    import flowmatch.refinement as refinement
+
+    ua, ub, true = coords
+    start = _perturbed(true, 0.5, 1)
+    options = {"n_rounds": 60, "batch": 500, "k": 10, "tol": 10.0}  # no CSLS gain is enough
+    monkeypatch.setattr(refinement, "_drifting", lambda maps: True)
+    refine_nearest(ua, ub, start, trace=(drifting := []), **options)
+    assert len(drifting) == 60  # always drifting: every round
+    refine_nearest(ua[:400], ub[:400], start, trace=(whole := []), **options)
+    assert len(whole) == 20  # every round sees all rows: the drift test is not consulted
+    monkeypatch.setattr(refinement, "_drifting", lambda maps: False)
+    refine_nearest(ua, ub, start, trace=(stopped := []), **options)
+    assert len(stopped) == 20  # the first check that can compare two scores

@@ -41,7 +41,9 @@ def test_every_start_is_scored_and_the_best_is_kept(rotation):
     (width,) = {k.split("/w")[1] for k in scores if "/w" in k}
     assert {k for k in scores if "/w" in k} == {f"{k}/w{width}" for k in finalists}
     mid = {k: scores[f"{k}/w{width}"]["csls"] for k in finalists}
-    survivors = sorted(mid, key=lambda k: -mid[k])[: settings["n_survivors"]]
+    best = max(mid.values())  # less any finalist more than survivor_margin below the best
+    close = [k for k in mid if mid[k] >= best - settings["survivor_margin"] * abs(best)]
+    survivors = sorted(close, key=lambda k: -mid[k])[: settings["n_survivors"]]
     assert {k for k in scores if k.endswith("/final")} == {f"{k}/final" for k in survivors}
     finals = {k: scores[f"{k}/final"]["csls"] for k in survivors}
     # rounds run so far by each candidate: the probe, then at most n_refine per width
@@ -239,3 +241,26 @@ def test_digits_zero_pair_regression_floor(digits_pair):
     supervised = stitched_accuracy(apply_map(test_a, m, c), digits_pair.head_b, y)
     assert score.stitched_accuracy / supervised >= 0.95
     assert score.r2 >= 0.9
+
+
+def test_survivors_drop_clear_losers_at_the_second_width():
+    from flowmatch.translation import _survivors
+
+    s = TranslateSettings(n_survivors=2, survivor_margin=0.1)
+    names = ["gw0", "clusters", "moments"]
+    assert _survivors(names, [0.087, 0.116, 0.086], s) == ["clusters"]  # 25% behind: dropped
+    assert _survivors(names, [0.1111, 0.1107, 0.1105], s) == ["gw0", "clusters"]  # close: kept
+    assert _survivors(names, [-0.0105, -0.01, -0.5], s) == ["clusters", "gw0"]  # below zero too
+    assert _survivors([], [], s) == []
+    every = TranslateSettings(n_survivors=3, survivor_margin=1.0)
+    assert _survivors(names, [0.02, 0.1, 0.05], every) == ["clusters", "moments", "gw0"]
+
+
+def test_search_widths_refine_without_smoothing_and_the_full_width_with_it():
+    from flowmatch.translation import _smoothing
+
+    s = TranslateSettings(smoothing=0.5, search_smoothing=0.0)
+    assert [_smoothing(s, w, 298) for w in search_widths(298, 32)] == [0.0] * 4 + [0.5]
+    assert _smoothing(s, 24, 24) == 0.5  # one width only: it is the full one
+    with pytest.raises(ValueError, match="search_smoothing"):
+        TranslateSettings(search_smoothing=1.0)
