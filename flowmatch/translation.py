@@ -461,22 +461,18 @@ def _widened(rot: Tensor, width: int) -> Tensor:
     return out
 
 
-def _round_options(s: TranslateSettings) -> dict[str, Any]:
-    """The settings every :func:`~flowmatch.refinement.refine_nearest` call of translate takes."""
+def _round_options(s: TranslateSettings, width: int, p: int) -> dict[str, Any]:
+    """The settings every :func:`~flowmatch.refinement.refine_nearest` call of translate takes
+    at ``width`` of ``p`` coordinates: ``search_smoothing`` below the full width,
+    ``smoothing`` at it."""
     return {
         "batch": s.refine_batch,
         "k": s.neighbours,
-        "smoothing": s.smoothing,
+        "smoothing": s.search_smoothing if width < p else s.smoothing,
         "max_targets": s.max_targets,
         "orthogonal": s.orthogonal,
         "tol": s.refine_tol,
     }
-
-
-def _smoothing(s: TranslateSettings, width: int, p: int) -> float:
-    """The rounds' smoothing at ``width`` of ``p`` coordinates: ``search_smoothing`` below the
-    full width, ``smoothing`` at it."""
-    return s.search_smoothing if width < p else s.smoothing
 
 
 def _fixed_rounds(
@@ -492,8 +488,7 @@ def _fixed_rounds(
     coordinates, without the early stop  # (w, w) → (w, w); each round's fit goes to
     ``trace``."""
     w = rot.shape[1]
-    options = {**_round_options(settings), "tol": None}
-    options["smoothing"] = _smoothing(settings, w, u_a.shape[1])
+    options = {**_round_options(settings, w, u_a.shape[1]), "tol": None}
     return refine_nearest(
         u_a[:, :w], u_b[:, :w], rot, n_rounds=n_rounds, seed=seed, trace=trace, **options
     )
@@ -511,7 +506,7 @@ def _refine_stages(
     """A map refined at the schedule's widths ``stages`` (indices into :func:`search_widths`),
     each widened from the one before  # (w, w) → (widths[stages[-1]], same). Each round's fit
     is appended to ``trace`` (a list) when given."""
-    s, rounds = settings, _round_options(settings)
+    s = settings
     widths = search_widths(u_a.shape[1], s.search_components)
     for stage in stages:
         width = widths[stage]
@@ -522,7 +517,7 @@ def _refine_stages(
             n_rounds=max(s.n_refine - (s.n_probe if stage == 0 else 0), 0),
             seed=seed + 1 + stage,
             trace=trace,
-            **{**rounds, "smoothing": _smoothing(s, width, widths[-1])},
+            **_round_options(s, width, widths[-1]),
         )
     return rot
 

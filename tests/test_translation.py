@@ -257,10 +257,11 @@ def test_survivors_drop_clear_losers_at_the_second_width():
 
 
 def test_search_widths_refine_without_smoothing_and_the_full_width_with_it():
-    from flowmatch.translation import _smoothing
+    from flowmatch.translation import _round_options
 
     s = TranslateSettings(smoothing=0.5, search_smoothing=0.0)
-    assert [_smoothing(s, w, 298) for w in search_widths(298, 32)] == [0.0] * 4 + [0.5]
-    assert _smoothing(s, 24, 24) == 0.5  # one width only: it is the full one
+    widths = search_widths(298, 32)
+    assert [_round_options(s, w, 298)["smoothing"] for w in widths] == [0.0] * 4 + [0.5]
+    assert _round_options(s, 24, 24)["smoothing"] == 0.5  # one width only: it is the full one
     with pytest.raises(ValueError, match="search_smoothing"):
         TranslateSettings(search_smoothing=1.0)
