@@ -41,12 +41,19 @@ def _check_starts(name: str, value: Any) -> None:
         )
 
 
+def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(choices)}; got {value!r}")
+
+
 _RULES: dict[str, Callable[[str, Any], None]] = {
     "n_components": lambda n, v: check_int(n, v, 1, none=True),
     "search_components": lambda n, v: check_int(n, v, 1),
     "starts": _check_starts,
+    "anchor_width": lambda n, v: _check_choice(n, v, ("search", "full")),
     "n_clusters": lambda n, v: check_int(n, v, 2),
     "n_anchor_runs": lambda n, v: check_int(n, v, 1),
+    "n_anchor_pools": lambda n, v: check_int(n, v, 1),
     "n_qap_restarts": lambda n, v: check_int(n, v, 1),
     "anchor_rows": lambda n, v: check_int(n, v, 10),
     "neighbours": lambda n, v: check_int(n, v, 1),
@@ -96,12 +103,22 @@ class TranslateSettings:
             rows are few (README, "How translate finds the map").
     Starting maps
         starts : which families give candidate maps (:data:`START_FAMILIES`; default
-            :data:`DEFAULT_STARTS`, without ``modes`` and ``clusters_full``: the latter
-            helped two of six free-form-text splits measured (Python docs, 9,000 rows, seed 0:
-            0.139 → 0.731) and was kept on WordNet at 5,000 rows for no gain, at 1.4 times
-            translate's time there; README).
+            :data:`DEFAULT_STARTS`).
+        anchor_width : where the ``clusters`` anchors are found: ``"full"``, on all the map
+            coordinates (k-means, quadratic assignment and the relative-representation
+            pseudo-pairs; the start is the pseudo-pairs' Procrustes fit on the ``p0`` leading
+            coordinates), or ``"search"``, on the ``p0`` leading ones only. On free-form text
+            the leading coordinates alone hold too little of the cluster structure: Python
+            docs, 2,000 rows, seed 0, top-1 0.044 → 0.427; 9,000 rows 0.375 → 0.874 (README).
+        n_anchor_pools : independent pools of ``n_anchor_runs`` anchor runs, each a
+            ``clusters`` start (``clusters``, ``clusters1``, …). Which pool's anchors land
+            near the right map is partly luck on hard corpora (fortunes, 4,000 rows, seed 1:
+            top-1 0.003 with one pool, 0.438 with two, ``gw`` left out); a second pool costs
+            another anchor stage and finalist, so it is offered rather than the default.
         n_clusters, n_anchor_runs, n_qap_restarts, anchor_rows : k-means anchors — clusters per
-            run, runs pooled, 2-opt restarts of each quadratic assignment, rows clustered per run.
+            run, runs pooled, 2-opt restarts of each quadratic assignment, rows clustered per
+            run (5,000; at 9,000 rows per side two pools' starting maps took 31.5 s with
+            10,000-row runs, 17.8 s with 5,000-row ones).
         neighbours : B rows averaged into each pseudo-partner (anchors and refinement).
         n_gw_starts : Gromov–Wasserstein starts (with ``"gw"`` in ``starts``).
     Refine and select
@@ -158,10 +175,12 @@ class TranslateSettings:
     n_components: int | None = None
     search_components: int = 32
     starts: tuple[str, ...] = DEFAULT_STARTS
+    anchor_width: str = "full"
     n_clusters: int = 20
     n_anchor_runs: int = 30
+    n_anchor_pools: int = 1
     n_qap_restarts: int = 30
-    anchor_rows: int = 10_000
+    anchor_rows: int = 5_000
     neighbours: int = 50
     n_gw_starts: int = 2
     n_probe: int = 20

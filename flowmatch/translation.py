@@ -41,7 +41,7 @@ from flowmatch import metrics
 from flowmatch._io import ArtefactError, load_state, save_state
 from flowmatch._merge_tree import NOISE_FLOOR
 from flowmatch._validation import as_matrix, check_fitted
-from flowmatch.alignment import refine_map, transport_subsample
+from flowmatch.alignment import fit_orthogonal, refine_map, transport_subsample
 from flowmatch.coordinates import MapCoordinates, choose_n_components
 from flowmatch.matching import TreeMatching, match_trees, matching_from_transport
 from flowmatch.outputs import staged_folder
@@ -54,6 +54,7 @@ from flowmatch.starts import (
     mode_anchors,
     moment_start,
     normalise_rows,
+    relative_pseudo_pairs,
     start_from_anchors,
 )
 
@@ -382,10 +383,13 @@ def _cluster_start(
     seed: int,
     anchor_seed: int,
     progress: bool,
+    width: int | None = None,
 ) -> Tensor:
     """The k-means + QAP anchors' start on these coordinates, the known pairs' unit rows
-    added to the anchors (when there are any)  # (p_b, p_a). ``anchor_seed`` seeds the
-    anchors' draws, ``seed`` the pseudo-pairs'."""
+    added to the anchors (when there are any)  # (w, w), ``w = width`` (default: all the
+    coordinates given). The anchors and the pseudo-pairs use every coordinate given; the map is
+    their Procrustes fit on the leading ``w``. ``anchor_seed`` seeds the anchors' draws,
+    ``seed`` the pseudo-pairs'."""
     anchors = cluster_anchors(
         u_a,
         u_b,
@@ -399,7 +403,9 @@ def _cluster_start(
     if pairs is not None and len(pairs[0]):
         known_a, known_b = normalise_rows(u_a[pairs[0]]), normalise_rows(u_b[pairs[1]])
         anchors = Anchors(torch.cat([anchors.a, known_a]), torch.cat([anchors.b, known_b]), ())
-    return start_from_anchors(u_a, u_b, anchors, k=s.neighbours, seed=seed)
+    src, dst = relative_pseudo_pairs(u_a, u_b, anchors, k=s.neighbours, seed=seed)
+    w = width or u_a.shape[1]
+    return fit_orthogonal(src[:, :w], dst[:, :w])
 
 
 def starting_maps(
@@ -416,7 +422,9 @@ def starting_maps(
     """Stage 3: candidate orthogonal maps (p_b, p_a) by name, on the coordinates given
     (``u_a``, ``u_b``: the ``p0`` leading ones).
 
-    ``clusters``: pooled k-means anchors (plus the known pairs, if any); ``modes``: the matched
+    ``clusters`` (and ``clusters1``, … for ``n_anchor_pools`` > 1): pooled k-means anchors
+    (plus the known pairs, if any), found on all the map coordinates ``full = (U_a, U_b)`` when
+    ``anchor_width="full"`` and fitted on the ``p0`` leading ones; ``modes``: the matched
     density modes of ``trees = (tree_a, tree_b, matching, modes_a, modes_b)``; ``moments``:
     principal axes in order, signs by skew; ``gw<i>``: Gromov–Wasserstein couplings of 400-row
     subsamples; ``clusters_full``: k-means anchors on all the map coordinates ``full = (U_a,
@@ -425,7 +433,13 @@ def starting_maps(
     """
     s, out = settings, {}
     if "clusters" in s.starts:
-        out["clusters"] = _cluster_start(u_a, u_b, s, pairs, seed, seed, progress)
+        wide = s.anchor_width == "full" and full is not None
+        src = full if wide else (u_a, u_b)
+        for i in range(s.n_anchor_pools):
+            name = "clusters" if i == 0 else f"clusters{i}"
+            out[name] = _cluster_start(
+                *src, s, pairs, seed, seed + 7919 * i, progress, u_a.shape[1]
+            )
     if "modes" in s.starts and trees is not None:
         _, _, matching, modes_a, modes_b = trees
         try:

@@ -265,3 +265,51 @@ def test_search_widths_refine_without_smoothing_and_the_full_width_with_it():
     assert _round_options(s, 24, 24)["smoothing"] == 0.5  # one width only: it is the full one
     with pytest.raises(ValueError, match="search_smoothing"):
         TranslateSettings(search_smoothing=1.0)
+
+
+def _clusters_beneath_the_leading_axes(n: int, seed: int):
+    """(a, b, test_a, test_b): 16 cluster centres in 32-d, drowned in the 12 leading axes by
+    wide isotropic noise (there the clusters overlap; beneath they are separated); B = A's
+    distribution times a hidden rotation (independent rows; the test rows paired)."""
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((16, 32))
+    noise = np.concatenate([np.full(12, 2.0), np.full(20, 0.3)])
+
+    def draw(m):
+        return centres[rng.integers(16, size=m)] + rng.standard_normal((m, 32)) * noise
+
+    q, _ = np.linalg.qr(rng.standard_normal((32, 32)))
+    a, b, test = draw(n), draw(n) @ q.T, draw(500)
+    return a, b, test, test @ q.T
+
+
+def test_anchors_on_all_coordinates_find_the_leading_block():
+    """``anchor_width="full"`` finds the k-means anchors on every map coordinate and fits the
+    start on the leading ``p0``: here the clusters lie beneath the leading axes, so anchors on
+    the leading 12 coordinates alone match them worse (agreement with the true leading block
+    0.47–0.82 over four draws, against 0.97–0.99 from all 32)."""
+    from flowmatch.alignment import fit_orthogonal
+    from flowmatch.starts import normalise_rows
+    from flowmatch.translation import fit_coordinates, starting_maps
+
+    a, b, test_a, test_b = _clusters_beneath_the_leading_axes(3000, 0)
+    ca, cb = fit_coordinates(*(torch.as_tensor(x) for x in (a, b)), 32)
+    ua, ub = ca.transform(torch.as_tensor(a)), cb.transform(torch.as_tensor(b))
+    ta, tb = ca.transform(torch.as_tensor(test_a)), cb.transform(torch.as_tensor(test_b))
+    p0 = 12
+    truth = fit_orthogonal(normalise_rows(ta[:, :p0]), normalise_rows(tb[:, :p0]))
+
+    def start(width: str) -> torch.Tensor:
+        s = TranslateSettings(starts=("clusters",), anchor_width=width, n_clusters=16,
+                              n_anchor_pools=2)  # fmt: skip
+        maps = starting_maps(ua[:, :p0], ub[:, :p0], s, full=(ua, ub), seed=0)
+        assert set(maps) == {"clusters", "clusters1"}
+        assert all(m.shape == (p0, p0) for m in maps.values())
+        assert not torch.allclose(maps["clusters"], maps["clusters1"])  # independent pools
+        return maps["clusters"]
+
+    full, search = start("full"), start("search")
+    with pytest.raises(ValueError, match="anchor_width must be one of search, full"):
+        TranslateSettings(anchor_width="wide")
+    agreement = {k: float((m * truth).sum() / p0) for k, m in (("full", full), ("search", search))}
+    assert agreement["full"] > 0.95 > agreement["search"] + 0.1
