@@ -9,7 +9,8 @@ Stages (each a function below, with its own module and tests):
    latent density, the two trees matched (:mod:`flowmatch.density_tree`,
    :mod:`flowmatch.matching`);
 3. **starting maps** — orthogonal maps between the leading ``p0`` coordinates from anchors:
-   k-means centroids matched by quadratic assignment, principal axes with their skews,
+   k-means centroids matched by quadratic assignment (found on all the map coordinates by
+   default, ``anchor_width``), principal axes with their skews,
    Gromov–Wasserstein couplings, and on request the trees' matched modes (not a default: the
    structural tree matching pairs modes at chance level on the zoo and the embeddings,
    :data:`flowmatch.settings.DEFAULT_STARTS`) (:mod:`flowmatch.starts`);
@@ -435,7 +436,7 @@ def starting_maps(
     if "clusters" in s.starts:
         wide = s.anchor_width == "full" and full is not None
         src = full if wide else (u_a, u_b)
-        for i in range(s.n_anchor_pools):
+        for i in range(s.n_anchor_pools):  # pool i's anchors drawn from seed + 7919·i
             name = "clusters" if i == 0 else f"clusters{i}"
             out[name] = _cluster_start(
                 *src, s, pairs, seed, seed + 7919 * i, progress, u_a.shape[1]
