@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from flowmatch._validation import check_bool, check_int, check_real
+from flowmatch._validation import check_bool, check_choice, check_int, check_real
 
 __all__ = ["DEFAULT_STARTS", "START_FAMILIES", "TranslateSettings", "check_setting"]
 
@@ -41,16 +41,11 @@ def _check_starts(name: str, value: Any) -> None:
         )
 
 
-def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {', '.join(choices)}; got {value!r}")
-
-
 _RULES: dict[str, Callable[[str, Any], None]] = {
     "n_components": lambda n, v: check_int(n, v, 1, none=True),
     "search_components": lambda n, v: check_int(n, v, 1),
     "starts": _check_starts,
-    "anchor_width": lambda n, v: _check_choice(n, v, ("search", "full")),
+    "anchor_width": lambda n, v: check_choice(n, v, ("search", "full")),
     "n_clusters": lambda n, v: check_int(n, v, 2),
     "n_anchor_runs": lambda n, v: check_int(n, v, 1),
     "n_anchor_pools": lambda n, v: check_int(n, v, 1),

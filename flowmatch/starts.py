@@ -203,12 +203,20 @@ def relative_pseudo_pairs(
 
 
 def start_from_anchors(
-    u_a: Tensor, u_b: Tensor, anchors: Anchors, *, k: int = 50, max_rows: int = 5000, seed: int = 0
+    u_a: Tensor,
+    u_b: Tensor,
+    anchors: Anchors,
+    *,
+    k: int = 50,
+    max_rows: int = 5000,
+    width: int | None = None,
+    seed: int = 0,
 ) -> Tensor:
-    """Orthogonal map  # (p_b, p_a), float64, fitted to :func:`relative_pseudo_pairs`."""
-    return fit_orthogonal(
-        *relative_pseudo_pairs(u_a, u_b, anchors, k=k, max_rows=max_rows, seed=seed)
-    )
+    """Orthogonal map  # (w, w), float64, fitted to :func:`relative_pseudo_pairs` on their
+    leading ``w = width`` coordinates (default: all, (p_b, p_a)); the pseudo-pairs themselves
+    are found on every coordinate given."""
+    src, dst = relative_pseudo_pairs(u_a, u_b, anchors, k=k, max_rows=max_rows, seed=seed)
+    return fit_orthogonal(src[:, :width], dst[:, :width])
 
 
 def moment_start(u_a: Tensor, u_b: Tensor) -> Tensor:

@@ -42,7 +42,7 @@ from flowmatch import metrics
 from flowmatch._io import ArtefactError, load_state, save_state
 from flowmatch._merge_tree import NOISE_FLOOR
 from flowmatch._validation import as_matrix, check_fitted
-from flowmatch.alignment import fit_orthogonal, refine_map, transport_subsample
+from flowmatch.alignment import refine_map, transport_subsample
 from flowmatch.coordinates import MapCoordinates, choose_n_components
 from flowmatch.matching import TreeMatching, match_trees, matching_from_transport
 from flowmatch.outputs import staged_folder
@@ -55,7 +55,6 @@ from flowmatch.starts import (
     mode_anchors,
     moment_start,
     normalise_rows,
-    relative_pseudo_pairs,
     start_from_anchors,
 )
 
@@ -404,9 +403,7 @@ def _cluster_start(
     if pairs is not None and len(pairs[0]):
         known_a, known_b = normalise_rows(u_a[pairs[0]]), normalise_rows(u_b[pairs[1]])
         anchors = Anchors(torch.cat([anchors.a, known_a]), torch.cat([anchors.b, known_b]), ())
-    src, dst = relative_pseudo_pairs(u_a, u_b, anchors, k=s.neighbours, seed=seed)
-    w = width or u_a.shape[1]
-    return fit_orthogonal(src[:, :w], dst[:, :w])
+    return start_from_anchors(u_a, u_b, anchors, k=s.neighbours, width=width, seed=seed)
 
 
 def starting_maps(

@@ -309,7 +309,7 @@ def test_anchors_on_all_coordinates_find_the_leading_block():
         return maps["clusters"]
 
     full, search = start("full"), start("search")
-    with pytest.raises(ValueError, match="anchor_width must be one of search, full"):
+    with pytest.raises(ValueError, match="anchor_width must be one of 'search', 'full'"):
         TranslateSettings(anchor_width="wide")
     agreement = {k: float((m * truth).sum() / p0) for k, m in (("full", full), ("search", search))}
     assert agreement["full"] > 0.95 > agreement["search"] + 0.1
