@@ -4,7 +4,9 @@
 fresh batch of A rows, takes as partner of each the mean of its ``k`` nearest B rows (cosine),
 fits orthogonal Procrustes and moves the map half-way there (mini-vec2vec's refinement, Dar
 2025); the average over ``k`` neighbours smooths the partner estimates, and the half steps
-average rounds. :func:`refine_clusters` is mini-vec2vec's closing cluster correction.
+average rounds. :func:`refine_clusters` is mini-vec2vec's closing cluster correction, and
+:func:`refine_mutual` pairs rows that are each other's best partner by CSLS and fits their
+Procrustes map (the refinement of Conneau et al. 2018).
 
 :func:`alignment_score` is the selection criterion among candidate maps: the mean CSLS of each
 mapped A row's best B partner (Conneau et al. 2018), ``2·cos(Ra, b) − r_A(b) − r_B(Ra)``, where
@@ -32,7 +34,14 @@ from tqdm.auto import tqdm
 from flowmatch.alignment import fit_orthogonal, polar
 from flowmatch.starts import _mean_of_nearest, normalise_rows, subsample
 
-__all__ = ["AlignmentScore", "alignment_score", "refine_clusters", "refine_nearest"]
+__all__ = [
+    "AlignmentScore",
+    "alignment_score",
+    "mutual_pairs",
+    "refine_clusters",
+    "refine_mutual",
+    "refine_nearest",
+]
 
 
 def refine_nearest(
@@ -149,6 +158,78 @@ def refine_clusters(
     cb = KMeans(k, n_init=1, init=init, max_iter=100).fit(xb).cluster_centers_
     rot = smoothing * rot + (1.0 - smoothing) * fit_orthogonal(ca, cb)
     return polar(rot) if orthogonal else rot
+
+
+def _csls_pass(
+    query: Tensor, base: Tensor, k: int, base_radii: Tensor | None = None, chunk: int = 1024
+) -> tuple[Tensor, Tensor | None]:
+    """One pass over ``chunk`` query rows at a time  # (n, p), (m, p) → (n,), (n,) | None:
+    each query row's mean similarity to its ``k`` most similar base rows (its CSLS radius), and,
+    given the base rows' radii (m,), the index of its best base row by CSLS (its own radius
+    does not change which base row is best)."""
+    k = min(k, len(base))
+    radii, best = [], []
+    for s in range(0, len(query), chunk):
+        sim = query[s : s + chunk] @ base.T
+        radii.append(sim.topk(k, dim=1).values.mean(1))
+        if base_radii is not None:
+            best.append((2.0 * sim - base_radii).argmax(1))
+    return torch.cat(radii), (torch.cat(best) if best else None)
+
+
+def mutual_pairs(
+    u_a: Tensor, u_b: Tensor, rotation: Tensor, *, k: int = 10
+) -> tuple[Tensor, Tensor]:
+    """The rows that are each other's best partner by CSLS (Conneau et al. 2018) under
+    ``rotation`` (p_b, p_a): ``(idx_a (m,), idx_b (m,))``. Three passes over the similarities,
+    a block of rows at a time."""
+    ma = normalise_rows(normalise_rows(u_a) @ torch.as_tensor(rotation).float().T)
+    xb = normalise_rows(u_b)
+    r_a, _ = _csls_pass(ma, xb, k)
+    r_b, back = _csls_pass(xb, ma, k, r_a)
+    _, forward = _csls_pass(ma, xb, k, r_b)
+    assert back is not None and forward is not None
+    idx_a = torch.nonzero(back[forward] == torch.arange(len(ma))).squeeze(1)
+    return idx_a, forward[idx_a]
+
+
+def refine_mutual(
+    u_a: Tensor,
+    u_b: Tensor,
+    rotation: Tensor,
+    *,
+    n_iter: int = 3,
+    k: int = 10,
+    smoothing: float = 0.5,
+    max_rows: int = 10_000,
+    seed: int = 0,
+) -> Tensor:
+    """Mutual-nearest-neighbour Procrustes, averaged with the map  # (p_b, p_a) → (p_b, p_a),
+    float64.
+
+    ``n_iter`` times, the rows that are each other's best partner by CSLS under the current
+    fit (:func:`mutual_pairs`) are paired and their orthogonal Procrustes map becomes the next
+    fit: the refinement of unsupervised word translation (Conneau et al. 2018). Each pair holds
+    two real rows, where :func:`refine_nearest` pairs a row with the mean of its B
+    neighbours. The result is ``smoothing · rotation + (1 − smoothing) · fit``: the averaged map
+    of :func:`refine_nearest` keeps the noisily determined directions small, which the
+    orthogonal fit alone undoes (WordNet, 1,000 rows, seed 0: top-1 0.435 → 0.332 with the fit
+    alone, 0.440 averaged; README). Each side contributes a seeded subsample of at most
+    ``max_rows`` rows.
+    """
+    if not 0.0 <= smoothing < 1.0:
+        raise ValueError(f"smoothing must lie in [0, 1), got {smoothing}")
+    rng = np.random.default_rng(seed)
+    xa = normalise_rows(u_a[torch.as_tensor(subsample(len(u_a), max_rows, rng))])
+    xb = normalise_rows(u_b[torch.as_tensor(subsample(len(u_b), max_rows, rng))])
+    rot = torch.as_tensor(rotation, dtype=torch.float64)
+    fit = rot
+    for _ in range(n_iter):
+        idx_a, idx_b = mutual_pairs(xa, xb, fit, k=k)
+        if len(idx_a) < 2:
+            break
+        fit = fit_orthogonal(xa[idx_a], xb[idx_b])
+    return smoothing * rot + (1.0 - smoothing) * fit
 
 
 @dataclass(frozen=True)

@@ -66,6 +66,8 @@ _RULES: dict[str, Callable[[str, Any], None]] = {
     "max_targets": lambda n, v: check_int(n, v, 2),
     "n_polish": lambda n, v: check_int(n, v, 0),
     "n_refine_clusters": lambda n, v: check_int(n, v, 0),
+    "n_mutual": lambda n, v: check_int(n, v, 0),
+    "mutual_rows": lambda n, v: check_int(n, v, 2),
     "balance_steps": lambda n, v: check_int(n, v, 0),
     "max_crossing": lambda n, v: check_real(n, v, 0.0, 1.0),
     "max_exact": lambda n, v: check_int(n, v, 2),
@@ -154,6 +156,11 @@ class TranslateSettings:
             found the CSLS rises too slowly for ``refine_tol`` while retrieval still improves
             (README).
         n_refine_clusters : clusters of the closing cluster correction (0: none).
+        n_mutual, mutual_rows : iterations of the closing mutual-nearest-neighbour Procrustes
+            (:func:`flowmatch.refinement.refine_mutual`; 0: none) and the rows per side it
+            pairs (a seeded subsample above it). Its orthogonal fit is averaged with the map
+            (weight ``smoothing`` on the map). On Python docs, 9,000 rows, seed 1, top-1 in
+            the map coordinates 0.859 → 0.916 (README).
     Balancing (optional)
         balance_steps, max_crossing, max_exact, group_penalty : when at most ``max_crossing`` of
             the transported mass leaves the mode pairs the map carries, ``balance_steps``
@@ -191,6 +198,8 @@ class TranslateSettings:
     max_targets: int = 50_000
     n_polish: int = 0
     n_refine_clusters: int = 500
+    n_mutual: int = 3
+    mutual_rows: int = 10_000
     balance_steps: int = 10
     max_crossing: float = 0.2
     max_exact: int = 1500

@@ -42,11 +42,11 @@ from flowmatch import metrics
 from flowmatch._io import ArtefactError, load_state, save_state
 from flowmatch._merge_tree import NOISE_FLOOR
 from flowmatch._validation import as_matrix, check_fitted
-from flowmatch.alignment import refine_map, transport_subsample
+from flowmatch.alignment import polar, refine_map, transport_subsample
 from flowmatch.coordinates import MapCoordinates, choose_n_components
 from flowmatch.matching import TreeMatching, match_trees, matching_from_transport
 from flowmatch.outputs import staged_folder
-from flowmatch.refinement import alignment_score, refine_clusters, refine_nearest
+from flowmatch.refinement import alignment_score, refine_clusters, refine_mutual, refine_nearest
 from flowmatch.settings import TranslateSettings
 from flowmatch.starts import (
     Anchors,
@@ -565,7 +565,8 @@ def refine_and_select(
     on the next, wider set; the ``n_survivors`` best of them by
     CSLS at the second width (less any more than ``survivor_margin`` below the best) go on
     through the remaining widths, and the one with the best
-    CSLS at the full width is kept and gets the cluster correction. (Probe scores at ``p0``
+    CSLS at the full width is kept and gets the cluster correction and the mutual-nearest-
+    neighbour Procrustes (:func:`~flowmatch.refinement.refine_mutual`). (Probe scores at ``p0``
     rank the starts roughly — on the manual-page embeddings the start that wins at the full
     width was fourth of five there — while at the second width it was first, as on WordNet.)
     A start wider than ``p0`` (``clusters_full``, a (p, p) map) skips the probe and the widths:
@@ -576,7 +577,8 @@ def refine_and_select(
     name : the kept start ; rotation : Tensor  # (p, p) ; scores : per start, its score after
         the probe rounds, ``"<name>/w<width>"`` per finalist at the second width,
         ``"<name>/final"`` per survivor at the full width, and ``"final"`` for the kept map
-        (after ``n_polish`` more rounds and the cluster correction); each a dict of
+        (after ``n_polish`` more rounds, the cluster correction and the mutual-neighbour
+        Procrustes); each a dict of
         :class:`~flowmatch.refinement.AlignmentScore`'s fields, and ``rounds`` (the
         candidate's refinement rounds so far).
     """
@@ -623,6 +625,17 @@ def refine_and_select(
             max_rows=s.max_targets,
             seed=seed,
         )
+    if s.n_mutual:
+        rot = refine_mutual(
+            u_a,
+            u_b,
+            rot,
+            n_iter=s.n_mutual,
+            smoothing=s.smoothing,
+            max_rows=s.mutual_rows,
+            seed=seed,
+        )
+        rot = polar(rot) if s.orthogonal else rot
     record("final", kept, rot, p)
     return kept, rot, scores
 

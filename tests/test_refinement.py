@@ -5,7 +5,13 @@ from _synthetic import manifold_rotation_pair
 
 from flowmatch.alignment import polar
 from flowmatch.coordinates import MapCoordinates
-from flowmatch.refinement import alignment_score, refine_clusters, refine_nearest
+from flowmatch.refinement import (
+    alignment_score,
+    mutual_pairs,
+    refine_clusters,
+    refine_mutual,
+    refine_nearest,
+)
 
 
 @pytest.fixture(scope="module")
@@ -72,6 +78,32 @@ def test_cluster_correction_keeps_a_good_map(coords):
     assert _error_on_data(rot, true, ua) < 0.25  # a random rotation: about 1.4
     tiny = refine_clusters(ua[:15], ub[:15], true)  # too few rows for two clusters: unchanged
     torch.testing.assert_close(tiny, true)
+
+
+def test_mutual_pairs_under_the_true_map_are_the_true_partners():
+    # B holds A's rows, shuffled and rotated: under the rotation every row's best partner by
+    # CSLS is its own image, both ways (1,500 rows: more than one block of similarities)
+    rng = np.random.default_rng(0)
+    xa = torch.as_tensor(rng.standard_normal((1500, 8)) * np.linspace(2.0, 0.5, 8))
+    q, perm = polar(torch.as_tensor(rng.standard_normal((8, 8)))), rng.permutation(1500)
+    xb = xa[perm] @ q.T
+    idx_a, idx_b = mutual_pairs(xa, xb, q)
+    assert len(idx_a) == 1500
+    np.testing.assert_array_equal(perm[idx_b.numpy()], idx_a.numpy())
+    wrong_a, wrong_b = mutual_pairs(xa, xb, polar(torch.as_tensor(rng.standard_normal((8, 8)))))
+    assert float((perm[wrong_b.numpy()] == wrong_a.numpy()).sum()) < 0.1 * 1500
+
+
+def test_refine_mutual_moves_a_perturbed_map_towards_the_true_one(coords):
+    ua, ub, true = coords
+    start = _perturbed(true, 0.3, 3)
+    fit = refine_mutual(ua, ub, start, smoothing=0.0)
+    assert _error_on_data(fit, true, ua) < 0.5 * _error_on_data(start, true, ua)
+    torch.testing.assert_close(fit @ fit.T, torch.eye(24, dtype=torch.float64))  # Procrustes
+    half = refine_mutual(ua, ub, start)  # the default averages the fit with the map
+    torch.testing.assert_close(half, 0.5 * start + 0.5 * fit)
+    with pytest.raises(ValueError, match="smoothing"):
+        refine_mutual(ua, ub, start, smoothing=1.0)
 
 
 def _walk(n_checks: int, drift: float, seed: int) -> list[torch.Tensor]:
