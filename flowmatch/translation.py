@@ -42,7 +42,7 @@ from flowmatch import metrics
 from flowmatch._io import ArtefactError, load_state, save_state
 from flowmatch._merge_tree import NOISE_FLOOR
 from flowmatch._validation import as_matrix, check_fitted
-from flowmatch.alignment import polar, refine_map, transport_subsample
+from flowmatch.alignment import refine_map, transport_subsample
 from flowmatch.coordinates import MapCoordinates, choose_n_components
 from flowmatch.matching import TreeMatching, match_trees, matching_from_transport
 from flowmatch.outputs import staged_folder
@@ -632,10 +632,10 @@ def refine_and_select(
             rot,
             n_iter=s.n_mutual,
             smoothing=s.smoothing,
+            orthogonal=s.orthogonal,
             max_rows=s.mutual_rows,
             seed=seed,
         )
-        rot = polar(rot) if s.orthogonal else rot
     record("final", kept, rot, p)
     return kept, rot, scores
 
