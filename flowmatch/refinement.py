@@ -32,7 +32,8 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from flowmatch.alignment import fit_orthogonal, polar
-from flowmatch.starts import _mean_of_nearest, normalise_rows, subsample
+from flowmatch.neighbours import mean_of_nearest
+from flowmatch.starts import normalise_rows, subsample
 from flowmatch.validation import check_real
 
 __all__ = [
@@ -100,7 +101,7 @@ def refine_nearest(
         src = xa[torch.as_tensor(subsample(len(xa), batch, rng))]
         base = xb[torch.as_tensor(subsample(len(xb), max_targets, rng))]
         mapped = src @ rot.float().T
-        dst = _mean_of_nearest(mapped, base, base, k)
+        dst = mean_of_nearest(mapped, base, base, k)
         if trace is not None:
             trace.append(float((normalise_rows(mapped) * normalise_rows(dst)).sum(1).mean()))
         rot = smoothing * rot + (1.0 - smoothing) * fit_orthogonal(src, dst)

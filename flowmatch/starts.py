@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 
 from flowmatch.alignment import fit_orthogonal, polar
 from flowmatch.gromov import gw_initial_map
+from flowmatch.neighbours import mean_of_nearest
 from flowmatch.qap import qap_search
 
 __all__ = [
@@ -161,26 +162,6 @@ def mode_anchors(
     return Anchors(a, b, ())
 
 
-def _mean_of_nearest(
-    query: Tensor, base: Tensor, values: Tensor, k: int, chunk: int = 2048
-) -> Tensor:
-    """For each query row, the mean of ``values`` over its k most similar ``base`` rows (dot
-    product)  # (n, q), (m, q), (m, p) → (n, p)."""
-    k = min(k, len(base))
-    out = torch.empty(len(query), values.shape[1])
-    for s in range(0, len(query), chunk):
-        nb = (query[s : s + chunk] @ base.T).topk(k, dim=1).indices
-        rows = torch.arange(len(nb)).repeat_interleave(k)
-        weight = torch.sparse_coo_tensor(
-            torch.stack([rows, nb.reshape(-1)]),
-            torch.full((rows.numel(),), 1.0 / k),
-            (len(nb), len(base)),
-            check_invariants=False,
-        )
-        out[s : s + chunk] = torch.sparse.mm(weight, values)
-    return out
-
-
 def relative_pseudo_pairs(
     u_a: Tensor, u_b: Tensor, anchors: Anchors, *, k: int = 50, max_rows: int = 5000, seed: int = 0
 ) -> tuple[Tensor, Tensor]:
@@ -199,7 +180,7 @@ def relative_pseudo_pairs(
     ua = ua[torch.as_tensor(subsample(len(ua), max_rows, rng))]
     rel_a = normalise_rows(ua @ normalise_rows(anchors.a).T)
     rel_b = normalise_rows(ub @ normalise_rows(anchors.b).T)
-    return ua, _mean_of_nearest(rel_a, rel_b, ub, k)
+    return ua, mean_of_nearest(rel_a, rel_b, ub, k)
 
 
 def start_from_anchors(
