@@ -534,16 +534,24 @@ def _refine_stages(
     return rot
 
 
-def _survivors(names: list[str], csls: list[float], s: TranslateSettings) -> list[str]:
-    """The ``n_survivors`` finalists with the best CSLS at the second width, less those
-    scoring more than ``survivor_margin`` (a fraction of the best's) below the best: a clear
-    loser at the second width does not catch up at the wider ones."""
+def _survivors(
+    names: list[str], csls: list[float], nearest: list[float], s: TranslateSettings
+) -> list[str]:
+    """The finalists refined through the full width: the ``n_survivors`` with the best CSLS at
+    the second width, and (``nearest_survivor``) the one whose mapped rows lie closest to B's
+    (best mean nearest-neighbour cosine) when it is not among them; less, in both cases, those
+    scoring more than ``survivor_margin`` (a fraction of the best's CSLS) below the best CSLS:
+    a clear loser at the second width does not catch up at the wider ones."""
     order = sorted(zip(csls, names), key=lambda pair: -pair[0])
     if not order:  # every start was wider than the search's first width
         return []
     best = order[0][0]
-    kept = [name for score, name in order if score >= best - s.survivor_margin * abs(best)]
-    return kept[: s.n_survivors]
+    close = {name for score, name in order if score >= best - s.survivor_margin * abs(best)}
+    kept = [name for _, name in order if name in close][: s.n_survivors]
+    closest = max(zip(nearest, names), key=lambda pair: pair[0])[1]
+    if s.nearest_survivor and closest in close and closest not in kept:
+        kept.append(closest)
+    return kept
 
 
 def refine_and_select(
@@ -562,13 +570,14 @@ def refine_and_select(
     (:func:`~flowmatch.refinement.alignment_score`, CSLS at ``p0``). The ``n_finalists`` best
     get up to ``n_refine`` rounds at each of the schedule's first two widths (fewer once the
     CSLS stops rising, ``refine_tol``) — the map found on the strong directions is the start
-    on the next, wider set; the ``n_survivors`` best of them by
-    CSLS at the second width (less any more than ``survivor_margin`` below the best) go on
-    through the remaining widths, and the one with the best
-    CSLS at the full width is kept and gets the cluster correction and the mutual-nearest-
-    neighbour Procrustes (:func:`~flowmatch.refinement.refine_mutual`). (Probe scores at ``p0``
-    rank the starts roughly — on the manual-page embeddings the start that wins at the full
-    width was fourth of five there — while at the second width it was first, as on WordNet.)
+    on the next, wider set; the ``n_survivors`` best of them by CSLS at the second width, and
+    the one closest to B's rows there (``nearest_survivor``; less any more than
+    ``survivor_margin`` below the best CSLS) go on through the remaining widths, and the one
+    with the best CSLS at the full width is kept and gets the cluster correction and the
+    mutual-nearest-neighbour Procrustes (:func:`~flowmatch.refinement.refine_mutual`). (Probe
+    scores at ``p0`` rank the starts roughly — on the manual-page embeddings the start that
+    wins at the full width was fourth of five there — while at the second width it was first,
+    as on WordNet.)
     A start wider than ``p0`` (``clusters_full``, a (p, p) map) skips the probe and the widths:
     it gets ``n_refine`` rounds at the full width (no early stop) and competes there.
 
@@ -601,7 +610,8 @@ def refine_and_select(
     for name in tqdm(ranked, desc="finalists", disable=not progress, leave=False):
         partial[name] = _refine_stages(u_a, u_b, probed[name], s, seed, range(cut), fits[name])
         record(f"{name}/w{wc}", name, partial[name], wc)
-    survivors = _survivors(ranked, [scores[f"{name}/w{wc}"]["csls"] for name in ranked], s)
+    mid = [scores[f"{name}/w{wc}"] for name in ranked]
+    survivors = _survivors(ranked, [m["csls"] for m in mid], [m["nearest"] for m in mid], s)
     refined = {}
     for name in survivors:
         refined[name] = _refine_stages(

@@ -44,6 +44,10 @@ def test_every_start_is_scored_and_the_best_is_kept(rotation):
     best = max(mid.values())  # less any finalist more than survivor_margin below the best
     close = [k for k in mid if mid[k] >= best - settings["survivor_margin"] * abs(best)]
     survivors = sorted(close, key=lambda k: -mid[k])[: settings["n_survivors"]]
+    near = {k: scores[f"{k}/w{width}"]["nearest"] for k in finalists}
+    closest = max(near, key=near.get)  # and the finalist closest to B's rows, if close
+    if settings["nearest_survivor"] and closest in close and closest not in survivors:
+        survivors.append(closest)
     assert {k for k in scores if k.endswith("/final")} == {f"{k}/final" for k in survivors}
     finals = {k: scores[f"{k}/final"]["csls"] for k in survivors}
     # rounds run so far by each candidate: the probe, then at most n_refine per width
@@ -246,14 +250,29 @@ def test_digits_zero_pair_regression_floor(digits_pair):
 def test_survivors_drop_clear_losers_at_the_second_width():
     from flowmatch.translation import _survivors
 
+    s = TranslateSettings(n_survivors=2, survivor_margin=0.1, nearest_survivor=False)
+    names = ["gw0", "clusters", "moments"]
+    flat = [0.5, 0.5, 0.5]
+    assert _survivors(names, [0.087, 0.116, 0.086], flat, s) == ["clusters"]  # 25% behind
+    assert _survivors(names, [0.1111, 0.1107, 0.1105], flat, s) == ["gw0", "clusters"]  # close
+    assert _survivors(names, [-0.0105, -0.01, -0.5], flat, s) == ["clusters", "gw0"]  # below 0
+    assert _survivors([], [], [], s) == []
+    every = TranslateSettings(n_survivors=3, survivor_margin=1.0)
+    assert _survivors(names, [0.02, 0.1, 0.05], flat, every) == ["clusters", "moments", "gw0"]
+
+
+def test_the_finalist_closest_to_b_survives_when_the_csls_is_close():
+    from flowmatch.translation import _survivors
+
     s = TranslateSettings(n_survivors=2, survivor_margin=0.1)
     names = ["gw0", "clusters", "moments"]
-    assert _survivors(names, [0.087, 0.116, 0.086], s) == ["clusters"]  # 25% behind: dropped
-    assert _survivors(names, [0.1111, 0.1107, 0.1105], s) == ["gw0", "clusters"]  # close: kept
-    assert _survivors(names, [-0.0105, -0.01, -0.5], s) == ["clusters", "gw0"]  # below zero too
-    assert _survivors([], [], s) == []
-    every = TranslateSettings(n_survivors=3, survivor_margin=1.0)
-    assert _survivors(names, [0.02, 0.1, 0.05], every) == ["clusters", "moments", "gw0"]
+    close = [0.1026, 0.1021, 0.1016]  # within the CSLS's noise; moments is closest to B
+    assert _survivors(names, close, [0.490, 0.491, 0.497], s) == ["gw0", "clusters", "moments"]
+    assert _survivors(names, close, [0.497, 0.491, 0.490], s) == ["gw0", "clusters"]  # kept
+    far = [0.116, 0.115, 0.087]  # 25% behind: the nearest cosine does not save it
+    assert _survivors(names, far, [0.490, 0.491, 0.497], s) == ["gw0", "clusters"]
+    off = s.replace(nearest_survivor=False)
+    assert _survivors(names, close, [0.490, 0.491, 0.497], off) == ["gw0", "clusters"]
 
 
 def test_search_widths_refine_without_smoothing_and_the_full_width_with_it():
