@@ -107,12 +107,15 @@ class TranslateSettings:
             pseudo-pairs; the start is the pseudo-pairs' Procrustes fit on the ``p0`` leading
             coordinates), or ``"search"``, on the ``p0`` leading ones only. On free-form text
             the leading coordinates alone hold too little of the cluster structure: Python
-            docs, 2,000 rows, seed 0, top-1 0.044 → 0.427; 9,000 rows 0.375 → 0.874 (README).
+            docs, 2,000 rows, seed 0, top-1 0.044 → 0.427; 9,000 rows 0.375 → 0.874
+            (docs/history.md).
         n_anchor_pools : independent pools of ``n_anchor_runs`` anchor runs, each a
             ``clusters`` start (``clusters``, ``clusters1``, …). Which pool's anchors land
             near the right map is partly luck on hard corpora (fortunes, 4,000 rows, seed 1:
-            top-1 0.003 with one pool, 0.438 with two, ``gw`` left out); a second pool costs
-            another anchor stage and finalist, so it is offered rather than the default.
+            top-1 0.003 with one pool, 0.438 with two, ``gw`` left out; 0.839 with three,
+            ``gw`` kept); each pool costs another anchor stage and candidate (WordNet, 2,000
+            rows: 24.8 s with one pool, 36.4 s with three), so they are offered rather than
+            the default.
         n_clusters, n_anchor_runs, n_qap_restarts, anchor_rows : k-means anchors — clusters per
             run, runs pooled, 2-opt restarts of each quadratic assignment, rows clustered per
             run (5,000; at 9,000 rows per side two pools' starting maps took 31.5 s with
@@ -143,7 +146,7 @@ class TranslateSettings:
             On WordNet the maps that win reach their plateau within 20–40 rounds at every
             width; on harder corpora a partly found map keeps improving for many checks while
             its CSLS barely moves, and the drift test keeps it going (fortunes, 4,000 rows,
-            seed 0: top-1 0.436 with the CSLS test alone, 0.905 with both; README).
+            seed 0: top-1 0.436 with the CSLS test alone, 0.905 with both; docs/history.md).
         search_smoothing : weight of the previous map in each round at the widths below the
             full one. There every round's fit is well determined, and without smoothing a
             partly found map moves twice as fast towards the right one (fortunes, 4,000 rows:
@@ -161,13 +164,13 @@ class TranslateSettings:
         n_polish : rounds the kept map gets at the full width after the selection, without the
             early stop (0: none), before the cluster correction. Where a map is only partly
             found the CSLS rises too slowly for ``refine_tol`` while retrieval still improves
-            (README).
+            (docs/history.md).
         n_refine_clusters : clusters of the closing cluster correction (0: none).
         n_mutual, mutual_rows : iterations of the closing mutual-nearest-neighbour Procrustes
             (:func:`flowmatch.refinement.refine_mutual`; 0: none) and the rows per side it
             pairs (a seeded subsample above it). Its orthogonal fit is averaged with the map
             (weight ``smoothing`` on the map). On Python docs, 9,000 rows, seed 1, top-1 in
-            the map coordinates 0.859 → 0.916 (README).
+            the map coordinates 0.859 → 0.916 (docs/history.md).
     Balancing (optional)
         balance_steps, max_crossing, max_exact, group_penalty : when at most ``max_crossing`` of
             the transported mass leaves the mode pairs the map carries, ``balance_steps``
