@@ -49,6 +49,9 @@ _RULES: dict[str, Callable[[str, Any], None]] = {
     "n_clusters": lambda n, v: check_int(n, v, 2),
     "n_anchor_runs": lambda n, v: check_int(n, v, 1),
     "n_anchor_pools": lambda n, v: check_int(n, v, 1),
+    "extra_anchor_pools": lambda n, v: check_int(n, v, 0),
+    "resolve_margin": lambda n, v: check_real(n, v, 0.0),
+    "same_map": lambda n, v: check_real(n, v, -1.0, 1.0),
     "n_qap_restarts": lambda n, v: check_int(n, v, 1),
     "anchor_rows": lambda n, v: check_int(n, v, 10),
     "neighbours": lambda n, v: check_int(n, v, 1),
@@ -114,8 +117,18 @@ class TranslateSettings:
             near the right map is partly luck on hard corpora (fortunes, 4,000 rows, seed 1:
             top-1 0.003 with one pool, 0.438 with two, ``gw`` left out; 0.839 with three,
             ``gw`` kept); each pool costs another anchor stage and candidate (WordNet, 2,000
-            rows: 24.8 s with one pool, 36.4 s with three), so they are offered rather than
-            the default.
+            rows: 24.8 s with one pool, 36.4 s with three), so by default the further pools
+            are drawn only where the finalists are unresolved (``extra_anchor_pools``).
+        extra_anchor_pools, resolve_margin, same_map : when the finalists are unresolved at
+            the second width — the best one's CSLS leads the best finalist with another map
+            (the maps' cosine below ``same_map``) by less than ``resolve_margin`` of its own
+            CSLS (:func:`flowmatch.translation.resolution`) — ``extra_anchor_pools`` more
+            anchor pools are drawn (``clusters<i>``, seeded as further ``n_anchor_pools``) and
+            refined as finalists too (0: never). Where a map is found its lead was 0.04–0.29
+            (WordNet 1,000–5,000 rows, Python docs 2,000–5,000 rows, fortunes 4,000 rows seed
+            0); where none was, 0.003–0.022. Fortunes 4,000 rows seed 1: 0.003 → 0.839, 2,000
+            rows seed 0: 0.212 → 0.363; the resolved splits pay nothing, an unresolved one its
+            extra pools (fortunes, 4,000 rows: 58 → 104 s refining and selecting).
         n_clusters, n_anchor_runs, n_qap_restarts, anchor_rows : k-means anchors — clusters per
             run, runs pooled, 2-opt restarts of each quadratic assignment, rows clustered per
             run (5,000; at 9,000 rows per side two pools' starting maps took 31.5 s with
@@ -191,6 +204,9 @@ class TranslateSettings:
     n_clusters: int = 20
     n_anchor_runs: int = 30
     n_anchor_pools: int = 1
+    extra_anchor_pools: int = 2
+    resolve_margin: float = 0.03
+    same_map: float = 0.5
     n_qap_restarts: int = 30
     anchor_rows: int = 5_000
     neighbours: int = 50

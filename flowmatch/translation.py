@@ -29,7 +29,9 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -406,6 +408,31 @@ def _cluster_start(
     return start_from_anchors(u_a, u_b, anchors, k=s.neighbours, width=width, seed=seed)
 
 
+def pool_starts(
+    u_a: Tensor,
+    u_b: Tensor,
+    settings: TranslateSettings,
+    pools: range,
+    *,
+    pairs: tuple[np.ndarray, np.ndarray] | None = None,
+    full: tuple[Tensor, Tensor] | None = None,
+    seed: int = 0,
+    progress: bool = False,
+) -> dict[str, Tensor]:
+    """The ``clusters`` starts of anchor pools ``pools`` by name (``clusters``, ``clusters1``,
+    …), each a (p0, p0) map on the coordinates given (``u_a``, ``u_b``: the ``p0`` leading
+    ones); pool ``i``'s anchors are drawn from ``seed + 7919·i``, on all the map coordinates
+    ``full = (U_a, U_b)`` when ``anchor_width="full"``."""
+    s = settings
+    src = full if s.anchor_width == "full" and full is not None else (u_a, u_b)
+    return {
+        "clusters" if i == 0 else f"clusters{i}": _cluster_start(
+            *src, s, pairs, seed, seed + 7919 * i, progress, u_a.shape[1]
+        )
+        for i in pools
+    }
+
+
 def starting_maps(
     u_a: Tensor,
     u_b: Tensor,
@@ -431,13 +458,10 @@ def starting_maps(
     """
     s, out = settings, {}
     if "clusters" in s.starts:
-        wide = s.anchor_width == "full" and full is not None
-        src = full if wide else (u_a, u_b)
-        for i in range(s.n_anchor_pools):  # pool i's anchors drawn from seed + 7919·i
-            name = "clusters" if i == 0 else f"clusters{i}"
-            out[name] = _cluster_start(
-                *src, s, pairs, seed, seed + 7919 * i, progress, u_a.shape[1]
-            )
+        pools = range(s.n_anchor_pools)
+        out.update(
+            pool_starts(u_a, u_b, s, pools, pairs=pairs, full=full, seed=seed, progress=progress)
+        )
     if "modes" in s.starts and trees is not None:
         _, _, matching, modes_a, modes_b = trees
         try:
@@ -554,77 +578,33 @@ def _survivors(
     return kept
 
 
-def refine_and_select(
-    u_a: Tensor,
-    u_b: Tensor,
-    starts: dict[str, Tensor],
-    settings: TranslateSettings,
-    *,
-    seed: int = 0,
-    progress: bool = False,
-) -> tuple[str, Tensor, dict[str, dict[str, float]]]:
-    """Stage 4: refine the starts coarse to fine and select one.
+def map_similarity(r: Tensor, q: Tensor) -> float:
+    """Cosine between two maps of the same shape, as flattened matrices: 1 for the same map,
+    about 0 for unrelated rotations of many coordinates  # (w, w), (w, w) → float."""
+    r, q = torch.as_tensor(r).double().flatten(), torch.as_tensor(q).double().flatten()
+    return float(r @ q / (r.norm() * q.norm()).clamp_min(1e-12))
 
-    Every start (maps between the ``p0`` leading coordinates, :func:`search_widths`) gets
-    ``n_probe`` nearest-neighbour rounds and its score
-    (:func:`~flowmatch.refinement.alignment_score`, CSLS at ``p0``). The ``n_finalists`` best
-    get up to ``n_refine`` rounds at each of the schedule's first two widths (fewer once the
-    CSLS stops rising, ``refine_tol``) — the map found on the strong directions is the start
-    on the next, wider set; the ``n_survivors`` best of them by CSLS at the second width, and
-    the one closest to B's rows there (``nearest_survivor``; less any more than
-    ``survivor_margin`` below the best CSLS) go on through the remaining widths, and the one
-    with the best CSLS at the full width is kept and gets the cluster correction and the
-    mutual-nearest-neighbour Procrustes (:func:`~flowmatch.refinement.refine_mutual`). (Probe
-    scores at ``p0`` rank the starts roughly — on the manual-page embeddings the start that
-    wins at the full width was fourth of five there — while at the second width it was first,
-    as on WordNet.)
-    A start wider than ``p0`` (``clusters_full``, a (p, p) map) skips the probe and the widths:
-    it gets ``n_refine`` rounds at the full width (no early stop) and competes there.
 
-    Returns
-    -------
-    name : the kept start ; rotation : Tensor  # (p, p) ; scores : per start, its score after
-        the probe rounds, ``"<name>/w<width>"`` per finalist at the second width,
-        ``"<name>/final"`` per survivor at the full width, and ``"final"`` for the kept map
-        (after ``n_polish`` more rounds, the cluster correction and the mutual-neighbour
-        Procrustes); each a dict of
-        :class:`~flowmatch.refinement.AlignmentScore`'s fields, and ``rounds`` (the
-        candidate's refinement rounds so far).
-    """
-    s = settings
-    widths = search_widths(u_a.shape[1], s.search_components)
-    p0, cut, p = widths[0], min(2, len(widths)), widths[-1]
-    probed, scores, fits = {}, {}, {name: [] for name in starts}
-    wide = {name: rot for name, rot in starts.items() if rot.shape[0] > p0}
+def resolution(csls: dict[str, float], maps: dict[str, Tensor], same_map: float) -> float:
+    """How clearly the best finalist leads: its CSLS's lead over the best finalist with a
+    different map (``map_similarity`` below ``same_map``), as a fraction of its own CSLS
+    (1 when every finalist found the best's map: nothing competes)."""
+    best = max(csls, key=csls.get)
+    rivals = [csls[n] for n in csls if map_similarity(maps[n], maps[best]) < same_map]
+    if not rivals:
+        return 1.0
+    return (csls[best] - max(rivals)) / max(abs(csls[best]), 1e-12)
 
-    def record(key: str, name: str, rot: Tensor, width: int) -> None:
-        score = alignment_score(u_a[:, :width], u_b[:, :width], rot)
-        scores[key] = {**asdict(score), "rounds": len(fits[name])}
 
-    for name, rot in starts.items():
-        if name not in wide:
-            probed[name] = _fixed_rounds(u_a, u_b, rot, s.n_probe, s, seed, fits[name])
-            record(name, name, probed[name], p0)
-    ranked = sorted(probed, key=lambda name: -scores[name]["csls"])[: s.n_finalists]
-    wc, partial = widths[cut - 1], {}
-    for name in tqdm(ranked, desc="finalists", disable=not progress, leave=False):
-        partial[name] = _refine_stages(u_a, u_b, probed[name], s, seed, range(cut), fits[name])
-        record(f"{name}/w{wc}", name, partial[name], wc)
-    mid = [scores[f"{name}/w{wc}"] for name in ranked]
-    survivors = _survivors(ranked, [m["csls"] for m in mid], [m["nearest"] for m in mid], s)
-    refined = {}
-    for name in survivors:
-        refined[name] = _refine_stages(
-            u_a, u_b, partial[name], s, seed, range(cut, len(widths)), fits[name]
-        )
-        record(f"{name}/final", name, refined[name], p)
-    for name, rot in wide.items():  # mini-vec2vec's path: all rounds at the full width
-        refined[name] = _fixed_rounds(u_a, u_b, rot, s.n_refine, s, seed + 1, fits[name])
-        record(f"{name}/final", name, refined[name], p)
-    kept = max(refined, key=lambda name: scores[f"{name}/final"]["csls"])
-    rot = refined[kept]
+def _closing(
+    u_a: Tensor, u_b: Tensor, rot: Tensor, s: TranslateSettings, seed: int, trace: list[float]
+) -> Tensor:
+    """The kept map's closing steps  # (p, p) → (p, p): ``n_polish`` more full-width rounds
+    (their fits appended to ``trace``), the cluster correction and the
+    mutual-nearest-neighbour Procrustes."""
     if s.n_polish:
-        rot = _fixed_rounds(u_a, u_b, rot, s.n_polish, s, seed + len(widths) + 1, fits[kept])
+        n_widths = len(search_widths(u_a.shape[1], s.search_components))
+        rot = _fixed_rounds(u_a, u_b, rot, s.n_polish, s, seed + n_widths + 1, trace)
     if s.n_refine_clusters:
         rot = refine_clusters(
             u_a,
@@ -646,8 +626,102 @@ def refine_and_select(
             max_rows=s.mutual_rows,
             seed=seed,
         )
+    return rot
+
+
+def refine_and_select(
+    u_a: Tensor,
+    u_b: Tensor,
+    starts: dict[str, Tensor],
+    settings: TranslateSettings,
+    *,
+    seed: int = 0,
+    progress: bool = False,
+    more_starts: Callable[[], dict[str, Tensor]] | None = None,
+) -> tuple[str, Tensor, dict[str, dict[str, float]], dict[str, float]]:
+    """Stage 4: refine the starts coarse to fine and select one.
+
+    Every start (maps between the ``p0`` leading coordinates, :func:`search_widths`) gets
+    ``n_probe`` nearest-neighbour rounds and its score
+    (:func:`~flowmatch.refinement.alignment_score`, CSLS at ``p0``). The ``n_finalists`` best
+    get up to ``n_refine`` rounds at each of the schedule's first two widths (fewer once the
+    CSLS stops rising, ``refine_tol``) — the map found on the strong directions is the start
+    on the next, wider set; the ``n_survivors`` best of them by CSLS at the second width, and
+    the one closest to B's rows there (``nearest_survivor``; less any more than
+    ``survivor_margin`` below the best CSLS) go on through the remaining widths, and the one
+    with the best CSLS at the full width is kept and gets the cluster correction and the
+    mutual-nearest-neighbour Procrustes (:func:`~flowmatch.refinement.refine_mutual`).
+    When the best finalist at the second width leads the best one with another map by less
+    than ``resolve_margin`` (:func:`resolution`), ``more_starts()`` is called once (translate:
+    ``extra_anchor_pools`` more anchor pools) and its starts are probed and refined as
+    finalists too, before the survivors are chosen. (Probe
+    scores at ``p0`` rank the starts roughly — on the manual-page embeddings the start that
+    wins at the full width was fourth of five there — while at the second width it was first,
+    as on WordNet.)
+    A start wider than ``p0`` (``clusters_full``, a (p, p) map) skips the probe and the widths:
+    it gets ``n_refine`` rounds at the full width (no early stop) and competes there.
+
+    Returns
+    -------
+    name : the kept start ; rotation : Tensor  # (p, p) ; scores : per start, its score after
+        the probe rounds, ``"<name>/w<width>"`` per finalist at the second width,
+        ``"<name>/final"`` per survivor at the full width, and ``"final"`` for the kept map
+        (after ``n_polish`` more rounds, the cluster correction and the mutual-neighbour
+        Procrustes); each a dict of
+        :class:`~flowmatch.refinement.AlignmentScore`'s fields, and ``rounds`` (the
+        candidate's refinement rounds so far) ; resolution : ``{"lead": the best finalist's
+        lead at the second width, "extra_starts": how many starts more_starts gave}``.
+    """
+    s = settings
+    widths = search_widths(u_a.shape[1], s.search_components)
+    p0, cut, p = widths[0], min(2, len(widths)), widths[-1]
+    probed, scores, fits = {}, {}, {name: [] for name in starts}
+    wide = {name: rot for name, rot in starts.items() if rot.shape[0] > p0}
+
+    def record(key: str, name: str, rot: Tensor, width: int) -> None:
+        score = alignment_score(u_a[:, :width], u_b[:, :width], rot)
+        scores[key] = {**asdict(score), "rounds": len(fits[name])}
+
+    def probe(candidates: dict[str, Tensor]) -> None:
+        for name, rot in candidates.items():
+            fits.setdefault(name, [])
+            probed[name] = _fixed_rounds(u_a, u_b, rot, s.n_probe, s, seed, fits[name])
+            record(name, name, probed[name], p0)
+
+    probe({name: rot for name, rot in starts.items() if name not in wide})
+    ranked = sorted(probed, key=lambda name: -scores[name]["csls"])[: s.n_finalists]
+    wc, partial = widths[cut - 1], {}
+
+    def finalists(names: list[str]) -> None:
+        for name in tqdm(names, desc="finalists", disable=not progress, leave=False):
+            partial[name] = _refine_stages(u_a, u_b, probed[name], s, seed, range(cut), fits[name])
+            record(f"{name}/w{wc}", name, partial[name], wc)
+
+    finalists(ranked)
+    mid = {name: scores[f"{name}/w{wc}"]["csls"] for name in ranked}
+    lead = resolution(mid, partial, s.same_map) if ranked else 1.0
+    resolved = {"lead": round(lead, 4), "extra_starts": 0}
+    if more_starts is not None and lead < s.resolve_margin:
+        extra = more_starts()  # more anchor pools: every new one is a finalist
+        probe(extra)
+        finalists(list(extra))
+        ranked += list(extra)
+        resolved["extra_starts"] = len(extra)
+    mid = [scores[f"{name}/w{wc}"] for name in ranked]
+    survivors = _survivors(ranked, [m["csls"] for m in mid], [m["nearest"] for m in mid], s)
+    refined = {}
+    for name in survivors:
+        refined[name] = _refine_stages(
+            u_a, u_b, partial[name], s, seed, range(cut, len(widths)), fits[name]
+        )
+        record(f"{name}/final", name, refined[name], p)
+    for name, rot in wide.items():  # mini-vec2vec's path: all rounds at the full width
+        refined[name] = _fixed_rounds(u_a, u_b, rot, s.n_refine, s, seed + 1, fits[name])
+        record(f"{name}/final", name, refined[name], p)
+    kept = max(refined, key=lambda name: scores[f"{name}/final"]["csls"])
+    rot = _closing(u_a, u_b, refined[kept], s, seed, fits[kept])
     record("final", kept, rot, p)
-    return kept, rot, scores
+    return kept, rot, scores, resolved
 
 
 EXPLANATION_CUTS = (1.0, 2.0, 4.0, 8.0, 16.0)
@@ -849,7 +923,15 @@ def translate(
         progress=progress,
     )
     done("starting maps")
-    kept, rot, scores = refine_and_select(ua, ub, starts, s, seed=seed, progress=progress)
+    more_starts = None  # the extra anchor pools, drawn only when the finalists are unresolved
+    if "clusters" in s.starts and s.extra_anchor_pools:
+        pools = range(s.n_anchor_pools, s.n_anchor_pools + s.extra_anchor_pools)
+        more_starts = partial(
+            pool_starts, ua[:, :p0], ub[:, :p0], s, pools, pairs=known, full=(ua, ub), seed=seed
+        )
+    kept, rot, scores, resolved = refine_and_select(
+        ua, ub, starts, s, seed=seed, progress=progress, more_starts=more_starts
+    )
     done("refine and select")
     anchors = None if known is None else (ua[known[0]], ub[known[1]])
     matrix, bias, final, balanced, levels = balance(
@@ -867,6 +949,7 @@ def translate(
         n_anchor_pairs=0 if known is None else len(known[0]),
         initialisation=kept,
         scores=scores,
+        resolution=resolved,
         crossing_mass=float(final.crossing_mass),
         explanation_levels=levels,
         balanced=balanced,

@@ -33,11 +33,13 @@ def test_every_start_is_scored_and_the_best_is_kept(rotation):
     *_, t = rotation
     scores = t.info_["scores"]
     starts = {k: v["csls"] for k, v in scores.items() if "final" not in k and "/" not in k}
-    assert set(starts) == {"clusters", "moments", "gw0", "gw1"}  # modes only when asked
+    extra = {f"clusters{i + 1}" for i in range(t.info_["resolution"]["extra_starts"])}
+    assert set(starts) == {"clusters", "moments", "gw0", "gw1"} | extra  # modes only when asked
     # the best probes are refined at two widths, the best there in full, and the best of
-    # those at the full width is kept
+    # those at the full width is kept; extra anchor pools, when drawn, are all finalists
     settings = t.info_["settings"]
-    finalists = sorted(starts, key=lambda k: -starts[k])[: settings["n_finalists"]]
+    first = sorted(set(starts) - extra, key=lambda k: -starts[k])[: settings["n_finalists"]]
+    finalists = first + sorted(extra)
     (width,) = {k.split("/w")[1] for k in scores if "/w" in k}
     assert {k for k in scores if "/w" in k} == {f"{k}/w{width}" for k in finalists}
     mid = {k: scores[f"{k}/w{width}"]["csls"] for k in finalists}
@@ -332,3 +334,52 @@ def test_anchors_on_all_coordinates_find_the_leading_block():
         TranslateSettings(anchor_width="wide")
     agreement = {k: float((m * truth).sum() / p0) for k, m in (("full", full), ("search", search))}
     assert agreement["full"] > 0.95 > agreement["search"] + 0.1
+
+
+def test_resolution_is_the_lead_over_the_best_finalist_with_another_map():
+    from flowmatch.translation import map_similarity, resolution
+
+    rng = np.random.default_rng(0)
+    r, q = (torch.as_tensor(np.linalg.qr(rng.standard_normal((64, 64)))[0]) for _ in range(2))
+    near = r + 0.05 * torch.as_tensor(rng.standard_normal((64, 64)))
+    assert map_similarity(r, r) == pytest.approx(1.0)
+    assert map_similarity(r, near) > 0.9 and abs(map_similarity(r, q)) < 0.2
+    maps = {"clusters": r, "clusters1": near, "gw0": q}
+    # the same map found twice does not count as a rival; the other map does
+    csls = {"clusters": 0.1241, "clusters1": 0.1235, "gw0": 0.1118}
+    assert resolution(csls, maps, 0.5) == pytest.approx((0.1241 - 0.1118) / 0.1241)
+    csls = {"clusters": 0.1093, "clusters1": 0.1090, "gw0": 0.1096}  # the other map leads
+    assert resolution(csls, maps, 0.5) == pytest.approx((0.1096 - 0.1093) / 0.1096)
+    assert resolution({"clusters": 0.1, "clusters1": 0.09}, maps, 0.5) == 1.0  # no rival
+
+
+def test_unresolved_finalists_draw_more_anchor_pools():
+    """When the best finalist's lead at the second width is under ``resolve_margin``, the
+    extra anchor pools' starts are probed and refined as finalists too; otherwise they are
+    never drawn."""
+    from flowmatch.translation import fit_coordinates, pool_starts, refine_and_select
+
+    a, b, *_ = _clusters_beneath_the_leading_axes(1500, 1)
+    ca, cb = fit_coordinates(*(torch.as_tensor(x) for x in (a, b)), 32)
+    ua, ub = ca.transform(torch.as_tensor(a)), cb.transform(torch.as_tensor(b))
+    s = TranslateSettings(starts=("clusters", "moments"), search_components=16, n_clusters=16,
+                          n_anchor_runs=5, n_probe=5, n_refine=20, n_refine_clusters=0,
+                          n_mutual=0)  # fmt: skip
+    starts = pool_starts(ua[:, :16], ub[:, :16], s, range(1), full=(ua, ub))
+    starts["moments"] = torch.eye(16, dtype=torch.float64)
+    calls = []
+
+    def more():
+        calls.append(1)
+        return pool_starts(ua[:, :16], ub[:, :16], s, range(1, 3), full=(ua, ub))
+
+    never = s.replace(resolve_margin=0.0)  # a lead is never below 0
+    *_, scores, resolved = refine_and_select(ua, ub, starts, never, more_starts=more)
+    assert calls == [] and resolved["extra_starts"] == 0 and 0.0 <= resolved["lead"] <= 1.0
+    assert "clusters1" not in scores
+    always = s.replace(resolve_margin=2.0)  # a lead is at most 1
+    *_, scores, resolved = refine_and_select(ua, ub, starts, always, more_starts=more)
+    assert calls == [1] and resolved["extra_starts"] == 2
+    for name in ("clusters1", "clusters2"):
+        assert scores[name]["rounds"] == s.n_probe
+        assert scores[f"{name}/w32"]["rounds"] > s.n_probe
