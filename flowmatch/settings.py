@@ -128,7 +128,10 @@ class TranslateSettings:
             (WordNet 1,000–5,000 rows, Python docs 2,000–5,000 rows, fortunes 4,000 rows seed
             0); where none was, 0.003–0.022. Fortunes 4,000 rows seed 1: 0.003 → 0.839, 2,000
             rows seed 0: 0.212 → 0.363; the resolved splits pay nothing, an unresolved one its
-            extra pools (fortunes, 4,000 rows: 58 → 104 s refining and selecting).
+            extra pools (fortunes, 4,000 rows: 58 → 104 s refining and selecting; side by
+            side with mini-vec2vec 86.0 s against 33.7 s). A lead is no proof: on a synthetic
+            mixture (``flowmatch bench speed``, 100,000 × 768) every finalist was wrong and the
+            best led by 0.071.
         n_clusters, n_anchor_runs, n_qap_restarts, anchor_rows : k-means anchors — clusters per
             run, runs pooled, 2-opt restarts of each quadratic assignment, rows clustered per
             run (5,000; at 9,000 rows per side two pools' starting maps took 31.5 s with
