@@ -119,19 +119,21 @@ class TranslateSettings:
             ``gw`` kept); each pool costs another anchor stage and candidate (WordNet, 2,000
             rows: 24.8 s with one pool, 36.4 s with three), so by default the further pools
             are drawn only where the finalists are unresolved (``extra_anchor_pools``).
-        extra_anchor_pools, resolve_margin, same_map : when the finalists are unresolved at
+        extra_anchor_pools, resolve_margin, same_map : while the finalists are unresolved at
             the second width — the best one's CSLS leads the best finalist with another map
             (the maps' cosine below ``same_map``) by less than ``resolve_margin`` of its own
-            CSLS (:func:`flowmatch.translation.resolution`) — ``extra_anchor_pools`` more
-            anchor pools are drawn (``clusters<i>``, seeded as further ``n_anchor_pools``) and
-            refined as finalists too (0: never). Where a map is found its lead was 0.04–0.29
-            (WordNet 1,000–5,000 rows, Python docs 2,000–5,000 rows, fortunes 4,000 rows seed
-            0); where none was, 0.003–0.022. Fortunes 4,000 rows seed 1: 0.003 → 0.839, 2,000
-            rows seed 0: 0.212 → 0.363; the resolved splits pay nothing, an unresolved one its
-            extra pools (fortunes, 4,000 rows: 58 → 104 s refining and selecting; side by
-            side with mini-vec2vec 86.0 s against 33.7 s). A lead is no proof: on a synthetic
-            mixture (``flowmatch bench speed``, 100,000 × 768) every finalist was wrong and the
-            best led by 0.071.
+            CSLS (:func:`flowmatch.translation.resolution`) — two more anchor pools at a time
+            are drawn (``clusters<i>``, seeded as further ``n_anchor_pools``) and refined as
+            finalists too, at most ``extra_anchor_pools`` in all (0: never). Where a map is
+            found its lead was 0.04–0.29 (WordNet 1,000–5,000 rows, Python docs 2,000–9,000
+            rows, fortunes 4,000 rows seed 0); where none was, 0.001–0.028. Fortunes 4,000 rows
+            seed 1: 0.003 → 0.839 (resolved after two pools, lead 0.069); 2,000 rows seed 0:
+            0.212 → 0.363; Python docs 2,000 rows seed 1: 0.064 → 0.480 (found by the fourth
+            extra pool). The resolved splits pay nothing, an unresolved one its extra pools
+            (fortunes, 4,000 rows, seed 1, side by side with mini-vec2vec: 86.0 s against
+            33.7 s). Extra pools of 10 anchor runs instead of 30 lost both fortunes maps
+            (0.104, 0.074). A lead is no proof: on a synthetic mixture (``flowmatch bench
+            speed``, 100,000 × 768) every finalist was wrong and the best led by 0.071.
         n_clusters, n_anchor_runs, n_qap_restarts, anchor_rows : k-means anchors — clusters per
             run, runs pooled, 2-opt restarts of each quadratic assignment, rows clustered per
             run (5,000; at 9,000 rows per side two pools' starting maps took 31.5 s with
@@ -207,7 +209,7 @@ class TranslateSettings:
     n_clusters: int = 20
     n_anchor_runs: int = 30
     n_anchor_pools: int = 1
-    extra_anchor_pools: int = 2
+    extra_anchor_pools: int = 4
     resolve_margin: float = 0.03
     same_map: float = 0.5
     n_qap_restarts: int = 30

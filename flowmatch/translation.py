@@ -637,7 +637,7 @@ def refine_and_select(
     *,
     seed: int = 0,
     progress: bool = False,
-    more_starts: Callable[[], dict[str, Tensor]] | None = None,
+    more_starts: Callable[[range], dict[str, Tensor]] | None = None,
 ) -> tuple[str, Tensor, dict[str, dict[str, float]], dict[str, float]]:
     """Stage 4: refine the starts coarse to fine and select one.
 
@@ -651,10 +651,11 @@ def refine_and_select(
     ``survivor_margin`` below the best CSLS) go on through the remaining widths, and the one
     with the best CSLS at the full width is kept and gets the cluster correction and the
     mutual-nearest-neighbour Procrustes (:func:`~flowmatch.refinement.refine_mutual`).
-    When the best finalist at the second width leads the best one with another map by less
-    than ``resolve_margin`` (:func:`resolution`), ``more_starts()`` is called once (translate:
-    ``extra_anchor_pools`` more anchor pools) and its starts are probed and refined as
-    finalists too, before the survivors are chosen. (Probe
+    While the best finalist at the second width leads the best one with another map by less
+    than ``resolve_margin`` (:func:`resolution`), ``more_starts(pools)`` gives the starts of
+    two more anchor pools (``pools``: their indices, from ``n_anchor_pools`` on; at most
+    ``extra_anchor_pools`` in all), which are probed and refined as finalists too, before the
+    survivors are chosen. (Probe
     scores at ``p0`` rank the starts roughly — on the manual-page embeddings the start that
     wins at the full width was fourth of five there — while at the second width it was first,
     as on WordNet.)
@@ -669,8 +670,9 @@ def refine_and_select(
         (after ``n_polish`` more rounds, the cluster correction and the mutual-neighbour
         Procrustes); each a dict of
         :class:`~flowmatch.refinement.AlignmentScore`'s fields, and ``rounds`` (the
-        candidate's refinement rounds so far) ; resolution : ``{"lead": the best finalist's
-        lead at the second width, "extra_starts": how many starts more_starts gave}``.
+        candidate's refinement rounds so far) ; resolution : ``{"leads": the best
+        finalist's lead at the second width before each draw of more pools and after the last,
+        "extra_starts": how many starts more_starts gave}``.
     """
     s = settings
     widths = search_widths(u_a.shape[1], s.search_components)
@@ -698,15 +700,18 @@ def refine_and_select(
             record(f"{name}/w{wc}", name, partial[name], wc)
 
     finalists(ranked)
-    mid = {name: scores[f"{name}/w{wc}"]["csls"] for name in ranked}
-    lead = resolution(mid, partial, s.same_map) if ranked else 1.0
-    resolved = {"lead": round(lead, 4), "extra_starts": 0}
-    if more_starts is not None and lead < s.resolve_margin:
-        extra = more_starts()  # more anchor pools: every new one is a finalist
+    leads, drawn = [], 0
+    while True:  # more anchor pools, two at a time, while the finalists are unresolved
+        mid = {name: scores[f"{name}/w{wc}"]["csls"] for name in ranked}
+        leads.append(round(resolution(mid, partial, s.same_map), 4) if ranked else 1.0)
+        if more_starts is None or leads[-1] >= s.resolve_margin or drawn >= s.extra_anchor_pools:
+            break
+        first = s.n_anchor_pools + drawn
+        extra = more_starts(range(first, first + min(2, s.extra_anchor_pools - drawn)))
         probe(extra)
         finalists(list(extra))
-        ranked += list(extra)
-        resolved["extra_starts"] = len(extra)
+        ranked, drawn = ranked + list(extra), drawn + len(extra)
+    resolved = {"leads": leads, "extra_starts": drawn}
     mid = [scores[f"{name}/w{wc}"] for name in ranked]
     survivors = _survivors(ranked, [m["csls"] for m in mid], [m["nearest"] for m in mid], s)
     refined = {}
@@ -925,9 +930,8 @@ def translate(
     done("starting maps")
     more_starts = None  # the extra anchor pools, drawn only when the finalists are unresolved
     if "clusters" in s.starts and s.extra_anchor_pools:
-        pools = range(s.n_anchor_pools, s.n_anchor_pools + s.extra_anchor_pools)
         more_starts = partial(
-            pool_starts, ua[:, :p0], ub[:, :p0], s, pools, pairs=known, full=(ua, ub), seed=seed
+            pool_starts, ua[:, :p0], ub[:, :p0], s, pairs=known, full=(ua, ub), seed=seed
         )
     kept, rot, scores, resolved = refine_and_select(
         ua, ub, starts, s, seed=seed, progress=progress, more_starts=more_starts

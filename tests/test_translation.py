@@ -354,9 +354,9 @@ def test_resolution_is_the_lead_over_the_best_finalist_with_another_map():
 
 
 def test_unresolved_finalists_draw_more_anchor_pools():
-    """When the best finalist's lead at the second width is under ``resolve_margin``, the
-    extra anchor pools' starts are probed and refined as finalists too; otherwise they are
-    never drawn."""
+    """While the best finalist's lead at the second width is under ``resolve_margin``, two more
+    anchor pools at a time (at most ``extra_anchor_pools``) are probed and refined as finalists
+    too; otherwise none is drawn."""
     from flowmatch.translation import fit_coordinates, pool_starts, refine_and_select
 
     a, b, *_ = _clusters_beneath_the_leading_axes(1500, 1)
@@ -364,22 +364,23 @@ def test_unresolved_finalists_draw_more_anchor_pools():
     ua, ub = ca.transform(torch.as_tensor(a)), cb.transform(torch.as_tensor(b))
     s = TranslateSettings(starts=("clusters", "moments"), search_components=16, n_clusters=16,
                           n_anchor_runs=5, n_probe=5, n_refine=20, n_refine_clusters=0,
-                          n_mutual=0)  # fmt: skip
+                          n_mutual=0, extra_anchor_pools=3)  # fmt: skip
     starts = pool_starts(ua[:, :16], ub[:, :16], s, range(1), full=(ua, ub))
     starts["moments"] = torch.eye(16, dtype=torch.float64)
     calls = []
 
-    def more():
-        calls.append(1)
-        return pool_starts(ua[:, :16], ub[:, :16], s, range(1, 3), full=(ua, ub))
+    def more(pools: range) -> dict[str, torch.Tensor]:
+        calls.append(list(pools))
+        return pool_starts(ua[:, :16], ub[:, :16], s, pools, full=(ua, ub))
 
     never = s.replace(resolve_margin=0.0)  # a lead is never below 0
     *_, scores, resolved = refine_and_select(ua, ub, starts, never, more_starts=more)
-    assert calls == [] and resolved["extra_starts"] == 0 and 0.0 <= resolved["lead"] <= 1.0
-    assert "clusters1" not in scores
-    always = s.replace(resolve_margin=2.0)  # a lead is at most 1
+    assert calls == [] and resolved["extra_starts"] == 0 and len(resolved["leads"]) == 1
+    assert 0.0 <= resolved["leads"][0] <= 1.0 and "clusters1" not in scores
+    always = s.replace(resolve_margin=2.0)  # a lead is at most 1: draws until the cap
     *_, scores, resolved = refine_and_select(ua, ub, starts, always, more_starts=more)
-    assert calls == [1] and resolved["extra_starts"] == 2
-    for name in ("clusters1", "clusters2"):
+    assert calls == [[1, 2], [3]] and resolved["extra_starts"] == 3
+    assert len(resolved["leads"]) == 3  # before each draw, and after the last
+    for name in ("clusters1", "clusters2", "clusters3"):
         assert scores[name]["rounds"] == s.n_probe
         assert scores[f"{name}/w32"]["rounds"] > s.n_probe
