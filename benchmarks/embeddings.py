@@ -332,7 +332,12 @@ def _row(
             f"{lv['pairs']} pairs, crossing {lv['crossing_mass']:.2f}"
             for lv in t.info_.get("explanation_levels", [])
         )
-        note = f"kept start {t.info_['initialisation']}; {pairs} matched mode pairs; cuts {cuts}"
+        res = t.info_.get("resolution", {"leads": [], "extra_starts": 0})
+        leads = " -> ".join(f"{lead:.3f}" for lead in res["leads"])
+        note = (
+            f"kept start {t.info_['initialisation']}; lead {leads}, "
+            f"{res['extra_starts']} extra pools; {pairs} matched mode pairs; cuts {cuts}"
+        )
     paired = len(split.pairs_a) if method.startswith("supervised") else 0
     return EmbeddingRow(
         **base,
