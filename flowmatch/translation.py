@@ -655,10 +655,9 @@ def refine_and_select(
     than ``resolve_margin`` (:func:`resolution`), ``more_starts(pools)`` gives the starts of
     two more anchor pools (``pools``: their indices, from ``n_anchor_pools`` on; at most
     ``extra_anchor_pools`` in all), which are probed and refined as finalists too, before the
-    survivors are chosen. (Probe
-    scores at ``p0`` rank the starts roughly — on the manual-page embeddings the start that
-    wins at the full width was fourth of five there — while at the second width it was first,
-    as on WordNet.)
+    survivors are chosen. (Probe scores at ``p0`` rank the starts roughly — on the manual-page
+    embeddings the start that wins at the full width was fourth of five there — while at the
+    second width it was first, as on WordNet.)
     A start wider than ``p0`` (``clusters_full``, a (p, p) map) skips the probe and the widths:
     it gets ``n_refine`` rounds at the full width (no early stop) and competes there.
 
@@ -702,9 +701,10 @@ def refine_and_select(
     finalists(ranked)
     leads, drawn = [], 0
     while True:  # more anchor pools, two at a time, while the finalists are unresolved
-        mid = {name: scores[f"{name}/w{wc}"]["csls"] for name in ranked}
-        leads.append(round(resolution(mid, partial, s.same_map), 4) if ranked else 1.0)
-        if more_starts is None or leads[-1] >= s.resolve_margin or drawn >= s.extra_anchor_pools:
+        csls = {name: scores[f"{name}/w{wc}"]["csls"] for name in ranked}
+        lead = resolution(csls, partial, s.same_map) if ranked else 1.0
+        leads.append(round(lead, 4))
+        if more_starts is None or lead >= s.resolve_margin or drawn >= s.extra_anchor_pools:
             break
         first = s.n_anchor_pools + drawn
         extra = more_starts(range(first, first + min(2, s.extra_anchor_pools - drawn)))
