@@ -332,7 +332,7 @@ def _row(
             f"{lv['pairs']} pairs, crossing {lv['crossing_mass']:.2f}"
             for lv in t.info_.get("explanation_levels", [])
         )
-        res = t.info_["resolution"]
+        res = t.info_.get("resolution", {"leads": [], "extra_starts": 0})  # older artefacts
         leads = " -> ".join(f"{lead:.3f}" for lead in res["leads"])
         note = (
             f"kept start {t.info_['initialisation']}; lead {leads}, "
