@@ -30,6 +30,7 @@ BENCHMARKS: dict[str, str] = {
     "interp": "Jacobian-sparsity rotations and the Local Interaction Basis on digits MLPs",
     "polytope": "polytope (spline-code) densities and code clusters on the zoo models",
     "embeddings": "zero-pair translation between pretrained sentence encoders (extra [text])",
+    "anchors": "k-means + QAP anchor runs on real embeddings, judged by the supervised map",
     "speed": "translate vs mini-vec2vec wall time and peak memory at 5e3-1e5 rows",
     "scale": "activation stores on disk to a translation at 1e6 rows; 1 vs 2 processes",
 }

@@ -35,8 +35,10 @@ from flowmatch.qap import qap_search
 
 __all__ = [
     "Anchors",
+    "centred_gram",
     "cluster_anchors",
     "gw_start",
+    "match_centroids",
     "mode_anchors",
     "moment_start",
     "normalise_rows",
@@ -76,21 +78,23 @@ def subsample(n: int, m: int, rng: np.random.Generator) -> np.ndarray:
     return np.arange(n) if n <= m else np.sort(rng.choice(n, size=m, replace=False))
 
 
-def _gram(c: np.ndarray) -> np.ndarray:
+def centred_gram(c: np.ndarray) -> np.ndarray:
     """Double-centred Gram matrix of centroids  # (k, p) → (k, k)."""
     g = c @ c.T
     return g - g.mean(0, keepdims=True) - g.mean(1, keepdims=True) + g.mean()
 
 
-def _match(ca: np.ndarray, cb: np.ndarray, n_restarts: int, rng: np.random.Generator):
-    """QAP on the centred Gram matrices; the smaller set is padded with zeros.
+def match_centroids(ca: np.ndarray, cb: np.ndarray, n_restarts: int, rng: np.random.Generator):
+    """Quadratic assignment of two centroid sets  # (k_a, p), (k_b, p): the best of
+    ``n_restarts`` 2-opt searches on their :func:`centred_gram` matrices (the smaller set
+    padded with zeros).
 
     Returns the matched index arrays (one pair per centroid of the smaller set) and the value.
     """
     m_a, m_b = len(ca), len(cb)
     n = max(m_a, m_b)
     ga, gb = np.zeros((n, n)), np.zeros((n, n))
-    ga[:m_a, :m_a], gb[:m_b, :m_b] = _gram(ca), _gram(cb)
+    ga[:m_a, :m_a], gb[:m_b, :m_b] = centred_gram(ca), centred_gram(cb)
     perm, value = qap_search(ga, gb, n_restarts, rng)
     idx_a = np.arange(n)
     keep = (idx_a < m_a) & (perm < m_b)
@@ -133,7 +137,7 @@ def cluster_anchors(
             .cluster_centers_
             for x in (xa, xb)
         )
-        ia, ib, value = _match(ca, cb, n_restarts, rng)
+        ia, ib, value = match_centroids(ca, cb, n_restarts, rng)
         parts_a.append(ca[ia])
         parts_b.append(cb[ib])
         values.append(value)
