@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import os
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from functools import partial
@@ -60,7 +61,7 @@ from flowmatch.starts import (
     start_from_anchors,
 )
 
-__all__ = ["NoStartingMap", "Translation", "TranslationScore", "translate"]
+__all__ = ["NoStartingMap", "Translation", "TranslationScore", "UnresolvedSelection", "translate"]
 
 
 @dataclass(frozen=True)
@@ -303,6 +304,13 @@ def _load_matching(art: Any) -> TreeMatching:
 class NoStartingMap(ValueError):
     """The chosen start families gave no candidate map (e.g. ``starts=["modes"]`` when the
     trees match fewer than two modes)."""
+
+
+class UnresolvedSelection(UserWarning):
+    """translate kept a map whose lead over a rival map stayed below ``resolve_margin``, even
+    after the extra anchor pools: the selection could not tell the maps apart, and the kept one
+    may be wrong. On the embedding benchmark most such splits were at chance; some held a
+    partly found map (``flowmatch bench embeddings``; README)."""
 
 
 _AE_DEFAULTS: dict[str, Any] = {"latent_dim": 16, "hidden": 64, "max_steps": 400, "patience": 5}
@@ -671,7 +679,8 @@ def refine_and_select(
         :class:`~flowmatch.refinement.AlignmentScore`'s fields, and ``rounds`` (the
         candidate's refinement rounds so far) ; resolution : ``{"leads": the best
         finalist's lead at the second width before each draw of more pools and after the last,
-        "extra_starts": how many starts more_starts gave}``.
+        "extra_starts": how many starts more_starts gave, "resolved": whether the last lead
+        reached resolve_margin}``.
     """
     s = settings
     widths = search_widths(u_a.shape[1], s.search_components)
@@ -711,7 +720,7 @@ def refine_and_select(
         probe(extra)
         finalists(list(extra))
         ranked, drawn = ranked + list(extra), drawn + len(extra)
-    resolved = {"leads": leads, "extra_starts": drawn}
+    resolved = {"leads": leads, "extra_starts": drawn, "resolved": lead >= s.resolve_margin}
     mid = [scores[f"{name}/w{wc}"] for name in ranked]
     survivors = _survivors(ranked, [m["csls"] for m in mid], [m["nearest"] for m in mid], s)
     refined = {}
@@ -853,6 +862,19 @@ def _pairs(pairs: Any, n_a: int, n_b: int) -> tuple[np.ndarray, np.ndarray] | No
     return pa, pb
 
 
+def _unresolved_message(kept: str, resolved: dict[str, Any], s: TranslateSettings) -> str:
+    """The :class:`UnresolvedSelection` warning's text."""
+    pools = resolved["extra_starts"]
+    return (
+        f"translate: the selection is unresolved: the kept map (start {kept!r}) leads the best "
+        f"finalist holding another map by {resolved['leads'][-1]:.1%} of its CSLS, under "
+        f"resolve_margin={s.resolve_margin:g}, after {pools} extra anchor pool"
+        f"{'' if pools == 1 else 's'}. The map may be wrong (on the embedding benchmark most "
+        "such splits were at chance); more rows per side or another seed may resolve it "
+        "(Translation.info_['resolution'])."
+    )
+
+
 def translate(
     a: Any,
     b: Any,
@@ -936,6 +958,8 @@ def translate(
     kept, rot, scores, resolved = refine_and_select(
         ua, ub, starts, s, seed=seed, progress=progress, more_starts=more_starts
     )
+    if not resolved["resolved"]:
+        warnings.warn(_unresolved_message(kept, resolved, s), UnresolvedSelection, stacklevel=2)
     done("refine and select")
     anchors = None if known is None else (ua[known[0]], ub[known[1]])
     matrix, bias, final, balanced, levels = balance(

@@ -29,6 +29,19 @@ def test_a_hidden_rotation_is_recovered_without_pairs(rotation):
     assert isinstance(t(torch.as_tensor(test_a)), torch.Tensor)
 
 
+def test_an_unresolved_selection_is_said_and_a_resolved_one_is_not(rotation):
+    """translate warns (UnresolvedSelection) when the kept map's lead stays under
+    ``resolve_margin``; the hidden rotation is resolved, so its fit did not."""
+    from flowmatch.translation import UnresolvedSelection
+
+    a, b, *_, t = rotation
+    assert t.info_["resolution"]["resolved"] is True
+    options = {**FAST, "resolve_margin": 2.0, "extra_anchor_pools": 0}  # a lead is at most 1
+    with pytest.warns(UnresolvedSelection, match="unresolved.*after 0 extra anchor pools"):
+        other = translate(a, b, autoencoder_params=AE, seed=0, progress=False, **options)
+    assert other.info_["resolution"]["resolved"] is False
+
+
 def test_every_start_is_scored_and_the_best_is_kept(rotation):
     *_, t = rotation
     scores = t.info_["scores"]
@@ -376,11 +389,13 @@ def test_unresolved_finalists_draw_more_anchor_pools():
     never = s.replace(resolve_margin=0.0)  # a lead is never below 0
     *_, scores, resolved = refine_and_select(ua, ub, starts, never, more_starts=more)
     assert calls == [] and resolved["extra_starts"] == 0 and len(resolved["leads"]) == 1
+    assert resolved["resolved"] is True
     assert 0.0 <= resolved["leads"][0] <= 1.0 and "clusters1" not in scores
     always = s.replace(resolve_margin=2.0)  # a lead is at most 1: draws until the cap
     *_, scores, resolved = refine_and_select(ua, ub, starts, always, more_starts=more)
     assert calls == [[1, 2], [3]] and resolved["extra_starts"] == 3
     assert len(resolved["leads"]) == 3  # before each draw, and after the last
+    assert resolved["resolved"] is False
     for name in ("clusters1", "clusters2", "clusters3"):
         assert scores[name]["rounds"] == s.n_probe
         assert scores[f"{name}/w32"]["rounds"] > s.n_probe
