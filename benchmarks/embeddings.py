@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import argparse
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -228,12 +229,14 @@ class _Fitted:
 
 def _fit(method: str, split: EmbeddingSplit, seed: int, options: dict[str, Any]) -> _Fitted:
     if method == "flowmatch":
-        from flowmatch.translation import NoStartingMap, translate
+        from flowmatch.translation import NoStartingMap, UnresolvedSelection, translate
 
         try:
-            t = translate(
-                split.a, split.b, seed=seed, progress=False, **options.get("flowmatch", {})
-            )
+            with warnings.catch_warnings():  # the row's note says so instead
+                warnings.simplefilter("ignore", UnresolvedSelection)
+                t = translate(
+                    split.a, split.b, seed=seed, progress=False, **options.get("flowmatch", {})
+                )
         except NoStartingMap as err:  # the start families asked for gave no map here
             raise _Skip(str(err)) from None
         return _Fitted(lambda x: t(np.asarray(x, np.float32)), {"translation": t})
@@ -334,8 +337,9 @@ def _row(
         )
         res = t.info_.get("resolution", {"leads": [], "extra_starts": 0})  # older artefacts
         leads = " -> ".join(f"{lead:.3f}" for lead in res["leads"])
+        unresolved = "" if res.get("resolved", True) else " (unresolved)"
         note = (
-            f"kept start {t.info_['initialisation']}; lead {leads}, "
+            f"kept start {t.info_['initialisation']}; lead {leads}{unresolved}, "
             f"{res['extra_starts']} extra pools; {pairs} matched mode pairs; cuts {cuts}"
         )
     paired = len(split.pairs_a) if method.startswith("supervised") else 0
