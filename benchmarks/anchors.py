@@ -37,11 +37,10 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 from scipy.optimize import linear_sum_assignment
-from sklearn.cluster import KMeans
 
 from benchmarks._common import nonnegative_int, positive_int, print_table, running
 from flowmatch.qap import qap_objective
-from flowmatch.starts import centred_gram, match_centroids, subsample
+from flowmatch.starts import anchor_run, centred_gram
 
 __all__ = ["AnchorRuns", "AnchorsBench", "add_arguments", "judge_runs", "main", "measure_anchors"]
 
@@ -126,13 +125,7 @@ def judge_runs(
     rng = np.random.default_rng(seed)
     right, beats, cosine, corr = [], [], [], []
     for _ in range(n_runs):
-        ca, cb = (
-            KMeans(k, n_init=1, random_state=int(rng.integers(2**31)))
-            .fit(x[subsample(len(x), max_rows, rng)])
-            .cluster_centers_
-            for x in (xa, xb)
-        )
-        ia, ib, value = match_centroids(ca, cb, n_restarts, rng)
+        ca, cb, ia, ib, value = anchor_run(xa, xb, k, n_restarts, max_rows, rng)
         mapped = _centred_unit(ca @ w.T, 0.0)
         sim = mapped @ _centred_unit(cb, 0.0).T  # (k, k) cosines
         true_a, true_b = linear_sum_assignment(-sim)

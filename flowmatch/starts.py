@@ -35,6 +35,7 @@ from flowmatch.qap import qap_search
 
 __all__ = [
     "Anchors",
+    "anchor_run",
     "centred_gram",
     "cluster_anchors",
     "gw_start",
@@ -101,6 +102,32 @@ def match_centroids(ca: np.ndarray, cb: np.ndarray, n_restarts: int, rng: np.ran
     return idx_a[keep], perm[keep], value
 
 
+def anchor_run(
+    xa: np.ndarray,
+    xb: np.ndarray,
+    k: int,
+    n_restarts: int,
+    max_rows: int,
+    rng: np.random.Generator,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, float]:
+    """One run of :func:`cluster_anchors`: k-means (``k`` clusters, one initialisation) on a
+    fresh subsample of at most ``max_rows`` of each side's rows, then :func:`match_centroids`.
+
+    Returns
+    -------
+    ca, cb : ndarray  # (k, p) each side's centroids ; ia, ib : ndarray  # matched indices into
+    them ; value : float  # the quadratic-assignment objective
+    """
+    ca, cb = (
+        KMeans(k, n_init=1, random_state=int(rng.integers(2**31)))
+        .fit(x[subsample(len(x), max_rows, rng)])
+        .cluster_centers_
+        for x in (xa, xb)
+    )
+    ia, ib, value = match_centroids(ca, cb, n_restarts, rng)
+    return ca, cb, ia, ib, value
+
+
 def cluster_anchors(
     u_a: Tensor,
     u_b: Tensor,
@@ -131,13 +158,7 @@ def cluster_anchors(
     k = int(min(n_clusters, len(xa), len(xb)))
     parts_a, parts_b, values = [], [], []
     for _ in tqdm(range(n_runs), desc="anchors", disable=not progress, leave=False):
-        ca, cb = (
-            KMeans(k, n_init=1, random_state=int(rng.integers(2**31)))
-            .fit(x[subsample(len(x), max_rows, rng)])
-            .cluster_centers_
-            for x in (xa, xb)
-        )
-        ia, ib, value = match_centroids(ca, cb, n_restarts, rng)
+        ca, cb, ia, ib, value = anchor_run(xa, xb, k, n_restarts, max_rows, rng)
         parts_a.append(ca[ia])
         parts_b.append(cb[ib])
         values.append(value)
