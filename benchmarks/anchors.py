@@ -38,7 +38,9 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
+from baselines._sphere import unit_rows
 from benchmarks._common import nonnegative_int, positive_int, print_table, running
+from flowmatch.alignment import fit_orthogonal
 from flowmatch.qap import qap_objective
 from flowmatch.starts import anchor_run, centred_gram
 
@@ -73,14 +75,8 @@ class AnchorsBench:
 
 
 def _centred_unit(x: np.ndarray, mean: np.ndarray) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float64) - mean
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-
-
-def _judging_map(judge_a: np.ndarray, judge_b: np.ndarray) -> np.ndarray:
-    """Orthogonal ``w`` (d_b, d_a) with ``judge_b ≈ judge_a @ w.T`` (Procrustes; d_a = d_b)."""
-    u, _, vt = np.linalg.svd(judge_b.T @ judge_a)
-    return u @ vt
+    """Rows less ``mean``, on the unit sphere  # (n, d) → (n, d), float64."""
+    return unit_rows(np.asarray(x, dtype=np.float64) - mean)
 
 
 def judge_runs(
@@ -118,7 +114,8 @@ def judge_runs(
         )
     mean_a, mean_b = np.mean(a, axis=0), np.mean(b, axis=0)
     xa, xb = _centred_unit(a, mean_a), _centred_unit(b, mean_b)
-    w = _judging_map(_centred_unit(judge_a, mean_a), _centred_unit(judge_b, mean_b))
+    # the judge: orthogonal w (d, d) with judge_b ≈ judge_a @ w.T on the same sphere
+    w = fit_orthogonal(_centred_unit(judge_a, mean_a), _centred_unit(judge_b, mean_b)).numpy()
     k = int(min(n_clusters, len(xa), len(xb)))
     if k < 2:
         raise ValueError(f"at least 2 clusters are needed, got {k} (rows: {len(xa)}, {len(xb)})")
@@ -126,8 +123,7 @@ def judge_runs(
     right, beats, cosine, corr = [], [], [], []
     for _ in range(n_runs):
         ca, cb, ia, ib, value = anchor_run(xa, xb, k, n_restarts, max_rows, rng)
-        mapped = _centred_unit(ca @ w.T, 0.0)
-        sim = mapped @ _centred_unit(cb, 0.0).T  # (k, k) cosines
+        sim = unit_rows(ca @ w.T) @ unit_rows(cb).T  # (k, k) cosines
         true_a, true_b = linear_sum_assignment(-sim)
         ga, gb = centred_gram(ca), centred_gram(cb)
         true_perm = true_b[np.argsort(true_a)]
