@@ -139,10 +139,9 @@ class TranslateSettings:
             run (5,000; at 9,000 rows per side two pools' starting maps took 31.5 s with
             10,000-row runs, 17.8 s with 5,000-row ones; top-1 with 5,000- and 10,000-row
             runs: Python docs 9,000 rows 0.919, 0.922, WordNet 20,000 rows 0.995, 0.994,
-            seed 0). Ten clusters
-            per run give more right pairs per run but fewer anchors, and lost maps (fortunes
-            2,000 rows seed 0 0.363 → 0.008); the README's "Why the anchors are luck" has
-            the run-by-run measurements.
+            seed 0). Ten clusters per run give more right pairs per run but fewer anchors,
+            and lost maps (fortunes 2,000 rows seed 0 0.363 → 0.008); the README's "Why the
+            anchors are luck" has the run-by-run measurements.
         neighbours : B rows averaged into each pseudo-partner (anchors and refinement).
         n_gw_starts : Gromov–Wasserstein starts (with ``"gw"`` in ``starts``).
     Refine and select
