@@ -89,3 +89,28 @@ def test_zoo_ablation_rows(monkeypatch):
     assert calls[1:] == [{"flowmatch": {"starts": ["moments"]}}, {"flowmatch": {"starts": ["gw"]}}]
     assert "no starting map" in bench.rows[-1]["error"]
     assert bench.rows[-2]["relative_stitching"] == pytest.approx(1.0)
+
+
+def test_zoo_table_runs_every_seed(monkeypatch):
+    import flowmatch.compare as cmp
+
+    seen = []
+
+    class _Report:
+        def __init__(self, methods, seed):
+            self.methods, self.seed = methods, seed
+
+        def to_rows(self):
+            return [{"pair": "p", "method": m, "score": self.seed} for m in self.methods]
+
+    def fake_compare(name, methods, n_pairs=10, seed=0, method_params=None, **kwargs):
+        seen.append(seed)
+        return _Report(methods, seed)
+
+    monkeypatch.setattr(cmp, "compare", fake_compare)
+    rows = tb.measure_translate(["p"], (), seeds=[3, 5]).rows
+    assert seen == [3, 5]
+    assert [r["seed"] for r in rows] == [3] * len(tb.METHODS) + [5] * len(tb.METHODS)
+    assert all(r["score"] == r["seed"] for r in rows)  # each row is its own seed's
+    rows = tb.measure_translate(["p"], (), seed=7).rows
+    assert [r["seed"] for r in rows] == [7] * len(tb.METHODS)
