@@ -85,6 +85,7 @@ from baselines._sphere import (
 )
 from flowmatch.methods import FitData, Method, register
 from flowmatch.qap import two_opt_batch
+from flowmatch.starts import centred_gram
 from flowmatch.validation import check_fitted
 
 __all__ = [
@@ -149,12 +150,6 @@ def _kmeans(
     return km.fit(np.asarray(x, dtype=np.float32)).cluster_centers_.astype(np.float64)
 
 
-def _centred_gram(c: np.ndarray) -> np.ndarray:
-    """``H C Cᵀ H`` with ``H = I − 11ᵀ/k``  # (k, dim) → (k, k)."""
-    g = c @ c.T
-    return g - g.mean(0) - g.mean(1)[:, None] + g.mean()
-
-
 def _match_centroids(
     ka: np.ndarray, kb: np.ndarray, *, restarts: int, method: str, rng: np.random.Generator
 ) -> tuple[np.ndarray, float]:
@@ -216,7 +211,7 @@ def anchor_pairs(
         c = min(len(cents[0]), len(cents[1]))
         ca, cb = cents[0][:c], cents[1][:c]
         perm, score = _match_centroids(
-            _centred_gram(ca), _centred_gram(cb), restarts=qap_restarts, method=qap_method, rng=rng
+            centred_gram(ca), centred_gram(cb), restarts=qap_restarts, method=qap_method, rng=rng
         )
         out_a.append(ca)
         out_b.append(cb[perm])

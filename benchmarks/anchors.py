@@ -38,7 +38,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
-from baselines._sphere import unit_rows
+from baselines._sphere import SphereCoordinates, unit_rows
 from benchmarks._common import nonnegative_int, positive_int, print_table, running
 from flowmatch.alignment import fit_orthogonal
 from flowmatch.qap import qap_objective
@@ -74,11 +74,6 @@ class AnchorsBench:
     rows: tuple[AnchorRuns, ...]
 
 
-def _centred_unit(x: np.ndarray, mean: np.ndarray) -> np.ndarray:
-    """Rows less ``mean``, on the unit sphere  # (n, d) → (n, d), float64."""
-    return unit_rows(np.asarray(x, dtype=np.float64) - mean)
-
-
 def judge_runs(
     a: np.ndarray,
     b: np.ndarray,
@@ -112,10 +107,10 @@ def judge_runs(
         raise ValueError(
             f"judge_a and judge_b must be paired, got {len(judge_a)} and {len(judge_b)}"
         )
-    mean_a, mean_b = np.mean(a, axis=0), np.mean(b, axis=0)
-    xa, xb = _centred_unit(a, mean_a), _centred_unit(b, mean_b)
+    sphere_a, sphere_b = SphereCoordinates.fit(a), SphereCoordinates.fit(b)
+    xa, xb = sphere_a.sphere(a), sphere_b.sphere(b)
     # the judge: orthogonal w (d, d) with judge_b ≈ judge_a @ w.T on the same sphere
-    w = fit_orthogonal(_centred_unit(judge_a, mean_a), _centred_unit(judge_b, mean_b)).numpy()
+    w = fit_orthogonal(sphere_a.sphere(judge_a), sphere_b.sphere(judge_b)).numpy()
     k = int(min(n_clusters, len(xa), len(xb)))
     if k < 2:
         raise ValueError(f"at least 2 clusters are needed, got {k} (rows: {len(xa)}, {len(xb)})")
