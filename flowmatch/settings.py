@@ -51,6 +51,7 @@ _RULES: dict[str, Callable[[str, Any], None]] = {
     "n_anchor_pools": lambda n, v: check_int(n, v, 1),
     "extra_anchor_pools": lambda n, v: check_int(n, v, 0),
     "resolve_margin": lambda n, v: check_real(n, v, 0.0),
+    "lead_z": lambda n, v: check_real(n, v, 0.0, none=True),
     "same_map": lambda n, v: check_real(n, v, -1.0, 1.0),
     "n_qap_restarts": lambda n, v: check_int(n, v, 1),
     "anchor_rows": lambda n, v: check_int(n, v, 10),
@@ -134,6 +135,19 @@ class TranslateSettings:
             33.7 s). Extra pools of 10 anchor runs instead of 30 lost both fortunes maps
             (0.104, 0.074). A lead is no proof: on a synthetic mixture (``flowmatch bench
             speed``, 100,000 × 768) every finalist was wrong and the best led by 0.071.
+        lead_z : the final pick among the maps refined through the full width is the best by
+            CSLS unless its lead over the best rival map is under ``lead_z`` standard errors
+            of the per-row CSLS differences (:func:`flowmatch.refinement.csls_lead`): then the
+            CSLS cannot tell them apart on the rows scored, and the map under which B's flow
+            density finds the mapped A rows likeliest is kept
+            (:func:`flowmatch.translation.select_final`; None: always the CSLS). Between an
+            MLP's and a CNN's layer (zoo mnist1d-mlp-cnn, seed 1) the CSLS ranked a wrong map
+            first by 0.88 standard errors, and the density picked the right one (relative
+            stitching 0.419 → 0.898). On the embedding benchmark every map found led its
+            rival by ≥ 1.43 standard errors or had none; there the density alone is the worse
+            criterion (it preferred wrong maps on fortunes, 4,000 rows, both seeds, where the
+            CSLS led by 8 standard errors), so it only breaks the CSLS's ties (README, "Which
+            starts matter").
         n_clusters, n_anchor_runs, n_qap_restarts, anchor_rows : k-means anchors — clusters per
             run, runs pooled, 2-opt restarts of each quadratic assignment, rows clustered per
             run (5,000; at 9,000 rows per side two pools' starting maps took 31.5 s with
@@ -215,6 +229,7 @@ class TranslateSettings:
     n_anchor_pools: int = 1
     extra_anchor_pools: int = 4
     resolve_margin: float = 0.03
+    lead_z: float | None = 1.0
     same_map: float = 0.5
     n_qap_restarts: int = 30
     anchor_rows: int = 5_000

@@ -49,7 +49,13 @@ from flowmatch.alignment import refine_map, transport_subsample
 from flowmatch.coordinates import MapCoordinates, choose_n_components
 from flowmatch.matching import TreeMatching, match_trees, matching_from_transport
 from flowmatch.outputs import staged_folder
-from flowmatch.refinement import alignment_score, refine_clusters, refine_mutual, refine_nearest
+from flowmatch.refinement import (
+    alignment_score,
+    csls_lead,
+    refine_clusters,
+    refine_mutual,
+    refine_nearest,
+)
 from flowmatch.settings import TranslateSettings
 from flowmatch.starts import (
     Anchors,
@@ -59,6 +65,7 @@ from flowmatch.starts import (
     moment_start,
     normalise_rows,
     start_from_anchors,
+    subsample,
 )
 
 __all__ = ["NoStartingMap", "Translation", "TranslationScore", "UnresolvedSelection", "translate"]
@@ -639,6 +646,40 @@ def _closing(
     return rot
 
 
+def select_final(
+    u_a: Tensor,
+    u_b: Tensor,
+    refined: dict[str, Tensor],
+    csls: dict[str, float],
+    settings: TranslateSettings,
+    density: Callable[[Tensor], float] | None = None,
+) -> tuple[str, dict[str, Any]]:
+    """The final pick among the maps refined through the full width (each (p, p), by name,
+    with its CSLS there): the best by CSLS, unless its lead over the best rival map (cosine
+    below ``same_map``) is within the noise of the rows scored — fewer than ``lead_z``
+    standard errors (:func:`~flowmatch.refinement.csls_lead`) — and ``density`` is given: then
+    the map whose mapped A rows ``density`` scores highest (translate: their mean
+    log-likelihood under B's flow density).
+
+    Returns ``(name, {"csls_pick": the best by CSLS, "lead_z": its lead over its rival in
+    standard errors (None without a rival), "rival": the rival's name, "decided_by": "csls" or
+    "density"})``, and with the density's choice each map's ``"log_likelihood"``.
+    """
+    s = settings
+    best = max(refined, key=lambda name: csls[name])
+    rivals = [n for n in refined if map_similarity(refined[n], refined[best]) < s.same_map]
+    if not rivals:
+        return best, {"csls_pick": best, "lead_z": None, "rival": None, "decided_by": "csls"}
+    rival = max(rivals, key=lambda name: csls[name])
+    z = csls_lead(u_a, u_b, refined[best], refined[rival])
+    out = {"csls_pick": best, "lead_z": round(z, 3), "rival": rival, "decided_by": "csls"}
+    if s.lead_z is None or z >= s.lead_z or density is None:
+        return best, out
+    likelihood = {name: density(rot) for name, rot in refined.items()}
+    out.update(decided_by="density", log_likelihood={n: round(v, 4) for n, v in likelihood.items()})
+    return max(refined, key=lambda name: likelihood[name]), out
+
+
 def refine_and_select(
     u_a: Tensor,
     u_b: Tensor,
@@ -648,7 +689,8 @@ def refine_and_select(
     seed: int = 0,
     progress: bool = False,
     more_starts: Callable[[range], dict[str, Tensor]] | None = None,
-) -> tuple[str, Tensor, dict[str, dict[str, float]], dict[str, float]]:
+    density: Callable[[Tensor], float] | None = None,
+) -> tuple[str, Tensor, dict[str, dict[str, float]], dict[str, Any]]:
     """Stage 4: refine the starts coarse to fine and select one.
 
     Every start (maps between the ``p0`` leading coordinates, :func:`search_widths`) gets
@@ -659,7 +701,8 @@ def refine_and_select(
     on the next, wider set; the ``n_survivors`` best of them by CSLS at the second width, and
     the one closest to B's rows there (``nearest_survivor``; less any more than
     ``survivor_margin`` below the best CSLS) go on through the remaining widths, and the one
-    with the best CSLS at the full width is kept and gets the cluster correction and the
+    :func:`select_final` picks there (the best CSLS, or ``density``'s choice when the CSLS lead
+    is within its noise) is kept and gets the cluster correction and the
     mutual-nearest-neighbour Procrustes (:func:`~flowmatch.refinement.refine_mutual`).
     While the best finalist at the second width leads the best one with another map by less
     than ``resolve_margin`` (:func:`resolution`), ``more_starts(pools)`` gives the starts of
@@ -682,7 +725,7 @@ def refine_and_select(
         candidate's refinement rounds so far) ; resolution : ``{"leads": the best
         finalist's lead at the second width before each draw of more pools and after the last,
         "extra_starts": how many starts more_starts gave, "resolved": whether the last lead
-        reached resolve_margin}``.
+        reached resolve_margin, "final": the final pick's record (:func:`select_final`)}``.
     """
     s = settings
     widths = search_widths(u_a.shape[1], s.search_components)
@@ -734,7 +777,8 @@ def refine_and_select(
     for name, rot in wide.items():  # mini-vec2vec's path: all rounds at the full width
         refined[name] = _fixed_rounds(u_a, u_b, rot, s.n_refine, s, seed + 1, fits[name])
         record(f"{name}/final", name, refined[name], p)
-    kept = max(refined, key=lambda name: scores[f"{name}/final"]["csls"])
+    final_csls = {name: scores[f"{name}/final"]["csls"] for name in refined}
+    kept, resolved["final"] = select_final(u_a, u_b, refined, final_csls, s, density)
     rot = _closing(u_a, u_b, refined[kept], s, seed, fits[kept])
     record("final", kept, rot, p)
     return kept, rot, scores, resolved
@@ -864,17 +908,50 @@ def _pairs(pairs: Any, n_a: int, n_b: int) -> tuple[np.ndarray, np.ndarray] | No
     return pa, pb
 
 
-def _unresolved_message(kept: str, resolved: dict[str, Any], s: TranslateSettings) -> str:
-    """The :class:`UnresolvedSelection` warning's text."""
-    pools = resolved["extra_starts"]
+def _unresolved_message(kept: str, resolved: dict[str, Any], s: TranslateSettings) -> str | None:
+    """The :class:`UnresolvedSelection` warning's text (None: the selection was resolved)."""
+    parts, final = [], resolved.get("final", {})
+    if not resolved["resolved"]:
+        pools = resolved["extra_starts"]
+        parts.append(
+            f"the best finalist leads the best one holding another map by "
+            f"{resolved['leads'][-1]:.1%} of its CSLS, under resolve_margin="
+            f"{s.resolve_margin:g}, after {pools} extra anchor pool{'' if pools == 1 else 's'}"
+        )
+    if final.get("decided_by") == "density":
+        parts.append(
+            f"at the full width the CSLS's pick {final['csls_pick']!r} led {final['rival']!r} "
+            f"by {final['lead_z']:.2f} standard errors (under lead_z={s.lead_z:g}), so B's flow "
+            "density chose between them"
+        )
+    if not parts:
+        return None
     return (
-        f"translate: the selection is unresolved: the kept map (start {kept!r}) leads the best "
-        f"finalist holding another map by {resolved['leads'][-1]:.1%} of its CSLS, under "
-        f"resolve_margin={s.resolve_margin:g}, after {pools} extra anchor pool"
-        f"{'' if pools == 1 else 's'}. The map may be wrong (on the embedding benchmark most "
-        "such splits were at chance); more rows per side or another seed may resolve it "
-        "(Translation.info_['resolution'])."
+        f"translate: the selection is unresolved (kept start {kept!r}): {'; '.join(parts)}. "
+        "The map may be wrong (on the embedding benchmark most such splits were at chance); "
+        "more rows per side or another seed may resolve it (Translation.info_['resolution'])."
     )
+
+
+def mapped_log_likelihood(
+    u_a: Tensor,
+    coords_b: MapCoordinates,
+    autoencoder_b: Any,
+    *,
+    max_rows: int = 2000,
+    seed: int = 0,
+) -> Callable[[Tensor], float]:
+    """A map's score by B's density: ``rot`` (p, p) → the mean log-likelihood, under
+    ``autoencoder_b``'s flow density, of A's map coordinates ``u_a`` (n, p) mapped by ``rot``
+    and carried back to B's activations (a seeded subsample of at most ``max_rows`` rows)."""
+    rows = torch.as_tensor(subsample(len(u_a), max_rows, np.random.default_rng(seed)))
+    u = torch.as_tensor(u_a, dtype=torch.float64)[rows]
+
+    def score(rot: Tensor) -> float:
+        x = coords_b.inverse_transform(u @ torch.as_tensor(rot, dtype=torch.float64).T)
+        return float(autoencoder_b.log_prob(x.float()).mean())
+
+    return score
 
 
 def translate(
@@ -957,11 +1034,13 @@ def translate(
         more_starts = partial(
             pool_starts, ua[:, :p0], ub[:, :p0], s, pairs=known, full=(ua, ub), seed=seed
         )
+    density = mapped_log_likelihood(ua, coords[1], ae_b, seed=seed)
     kept, rot, scores, resolved = refine_and_select(
-        ua, ub, starts, s, seed=seed, progress=progress, more_starts=more_starts
+        ua, ub, starts, s, seed=seed, progress=progress, more_starts=more_starts, density=density
     )
-    if not resolved["resolved"]:
-        warnings.warn(_unresolved_message(kept, resolved, s), UnresolvedSelection, stacklevel=2)
+    message = _unresolved_message(kept, resolved, s)
+    if message is not None:
+        warnings.warn(message, UnresolvedSelection, stacklevel=2)
     done("refine and select")
     anchors = None if known is None else (ua[known[0]], ub[known[1]])
     matrix, bias, final, balanced, levels = balance(

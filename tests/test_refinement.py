@@ -7,6 +7,7 @@ from flowmatch.alignment import polar
 from flowmatch.coordinates import MapCoordinates
 from flowmatch.refinement import (
     alignment_score,
+    csls_lead,
     mutual_pairs,
     refine_clusters,
     refine_mutual,
@@ -70,6 +71,15 @@ def test_the_selection_criterion_ranks_the_true_map_first(coords):
     scores = {name: alignment_score(ua, ub, rot).csls for name, rot in candidates.items()}
     assert max(scores, key=scores.get) == "true"
     assert scores["t0.1"] > scores["t0.6"] > max(scores[f"random{i}"] for i in range(3))
+
+
+def test_the_csls_lead_is_counted_in_standard_errors(coords):
+    ua, ub, true = coords
+    near, wrong = _perturbed(true, 0.05, 2), _perturbed(true, 1.0, 10)
+    assert csls_lead(ua, ub, true, wrong) > 5.0  # far beyond the rows' noise
+    assert csls_lead(ua, ub, wrong, true) < -5.0  # the rival scores higher
+    assert csls_lead(ua, ub, true, true) == 0.0  # no lead over itself
+    assert abs(csls_lead(ua, ub, true, near)) < abs(csls_lead(ua, ub, true, wrong))
 
 
 def test_cluster_correction_keeps_a_good_map(coords):

@@ -366,6 +366,49 @@ def test_resolution_is_the_lead_over_the_best_finalist_with_another_map():
     assert resolution({"clusters": 0.1, "clusters1": 0.09}, maps, 0.5) == 1.0  # no rival
 
 
+def test_the_final_pick_falls_to_the_density_only_within_the_csls_noise():
+    """``select_final``: the best CSLS is kept while its lead is clear; within ``lead_z``
+    standard errors of a rival map, the density's choice is kept (and the record says so)."""
+    from flowmatch.translation import _unresolved_message, select_final
+
+    rng = np.random.default_rng(0)
+    base = rng.standard_normal((3000, 16)) * np.linspace(3.0, 0.5, 16)
+    truth = torch.as_tensor(np.linalg.qr(rng.standard_normal((16, 16)))[0])
+    wrong = torch.as_tensor(np.linalg.qr(rng.standard_normal((16, 16)))[0])
+    ua = torch.as_tensor(base[:1500])
+    ub = torch.as_tensor(base[1500:]) @ truth.T
+    maps = {"right": truth, "wrong": wrong}
+
+    def likelier(r):  # a density that prefers the wrong map
+        return -float((r - wrong).norm())
+
+    s = TranslateSettings()
+    # a clear CSLS lead: the CSLS decides, whatever the density says
+    kept, record = select_final(ua, ub, maps, {"right": 0.2, "wrong": 0.1}, s, likelier)
+    assert kept == "right" and record["decided_by"] == "csls" and record["lead_z"] > 5
+    # the CSLS ranks the wrong map first, but its lead is negative in standard errors: the
+    # density decides between them
+    kept, record = select_final(
+        ua, ub, maps, {"right": 0.1, "wrong": 0.2}, s, lambda r: -float((r - truth).norm())
+    )
+    assert (kept, record["decided_by"], record["csls_pick"]) == ("right", "density", "wrong")
+    assert record["lead_z"] < 0
+    message = _unresolved_message(kept, {"resolved": True, "final": record}, s)
+    assert "pick 'wrong' led 'right'" in message and "B's flow density chose" in message
+    # lead_z=None, or no density: the CSLS alone
+    assert (
+        select_final(ua, ub, maps, {"right": 0.1, "wrong": 0.2}, s.replace(lead_z=None), likelier)[
+            0
+        ]
+        == "wrong"
+    )
+    assert select_final(ua, ub, maps, {"right": 0.1, "wrong": 0.2}, s)[0] == "wrong"
+    # the same map twice is no rival
+    twice = {"a": truth, "b": truth + 1e-3}
+    assert select_final(ua, ub, twice, {"a": 0.2, "b": 0.1}, s)[1]["lead_z"] is None
+    assert _unresolved_message("a", {"resolved": True, "final": {"decided_by": "csls"}}, s) is None
+
+
 def test_unresolved_finalists_draw_more_anchor_pools():
     """While the best finalist's lead at the second width is under ``resolve_margin``, two more
     anchor pools at a time (at most ``extra_anchor_pools``) are probed and refined as finalists
