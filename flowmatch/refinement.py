@@ -297,23 +297,14 @@ def alignment_score(
     )
 
 
-def csls_lead(
-    u_a: Tensor,
-    u_b: Tensor,
-    rotation: Tensor,
-    rival: Tensor,
-    *,
-    n_rows: int = 2000,
-    max_targets: int = 10_000,
-    k: int = 10,
-    seed: int = 12345,
-) -> float:
+def csls_lead(u_a: Tensor, u_b: Tensor, rotation: Tensor, rival: Tensor) -> float:
     """How many standard errors ``rotation``'s CSLS leads ``rival``'s (both (p_b, p_a)):
-    the mean of the per-row differences of :func:`alignment_score`'s CSLS (the same A rows
-    and B rows for both maps) over the standard error of that mean. Below about 1 the lead is
-    within the noise of the rows drawn; negative when the rival scores higher."""
-    mine = _scored_rows(u_a, u_b, rotation, n_rows, max_targets, k, seed)[0].double()
-    theirs = _scored_rows(u_a, u_b, rival, n_rows, max_targets, k, seed)[0].double()
-    diff = mine - theirs
+    the mean of the per-row differences of :func:`alignment_score`'s CSLS (its default rows,
+    the same A rows and B rows for both maps) over the standard error of that mean. Below
+    about 1 the lead is within the noise of the rows drawn; negative when the rival scores
+    higher."""
+    rows = (2000, 10_000, 10, 12345)  # alignment_score's n_rows, max_targets, k, seed
+    diff = _scored_rows(u_a, u_b, rotation, *rows)[0] - _scored_rows(u_a, u_b, rival, *rows)[0]
+    diff = diff.double()
     se = float(diff.std()) / float(np.sqrt(len(diff))) if len(diff) > 1 else 0.0
     return float(diff.mean()) / se if se > 0 else (float("inf") if float(diff.mean()) > 0 else 0.0)
