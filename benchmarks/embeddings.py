@@ -262,6 +262,17 @@ def _fit(method: str, split: EmbeddingSplit, seed: int, options: dict[str, Any])
     return _Fitted(simple[method](split))
 
 
+def _final_pick(final: dict | None) -> str:
+    """How translate's final pick was made, for a row's note: the CSLS pick's lead over its
+    rival map in standard errors, and whether B's density decided ("" without a rival;
+    translate's ``info_["resolution"]["final"]``)."""
+    if not final or final.get("lead_z") is None:
+        return ""
+    by = ", B's density chose" if final["decided_by"] == "density" else ""
+    pick = final.get("csls_pick", "the CSLS pick")
+    return f"; final: {pick} led {final['rival']} by {final['lead_z']:.2f} SE{by}"
+
+
 def mode_agreement(
     translation: Any, split: EmbeddingSplit, seed: int = 0
 ) -> tuple[float | None, float | None]:
@@ -340,7 +351,8 @@ def _row(
         unresolved = "" if res.get("resolved", True) else " (unresolved)"
         note = (
             f"kept start {t.info_['initialisation']}; lead {leads}{unresolved}, "
-            f"{res['extra_starts']} extra pools; {pairs} matched mode pairs; cuts {cuts}"
+            f"{res['extra_starts']} extra pools{_final_pick(res.get('final'))}; "
+            f"{pairs} matched mode pairs; cuts {cuts}"
         )
     paired = len(split.pairs_a) if method.startswith("supervised") else 0
     return EmbeddingRow(

@@ -302,3 +302,13 @@ def test_gzip_so_redirect_is_skipped(tmp_path):
     with gzip.open(page, "wb") as f:
         f.write(b".so man2/open.2\n")
     assert td._render_manpage(str(page)) is None
+
+
+def test_bench_embeddings_notes_how_the_final_pick_was_made():
+    from benchmarks.embeddings import _final_pick
+
+    assert _final_pick(None) == "" and _final_pick({"lead_z": None}) == ""
+    csls = {"csls_pick": "clusters", "lead_z": 2.3, "rival": "gw1", "decided_by": "csls"}
+    assert _final_pick(csls) == "; final: clusters led gw1 by 2.30 SE"
+    density = {**csls, "lead_z": 0.88, "decided_by": "density"}
+    assert _final_pick(density) == "; final: clusters led gw1 by 0.88 SE, B's density chose"
