@@ -315,9 +315,10 @@ class NoStartingMap(ValueError):
 
 class UnresolvedSelection(UserWarning):
     """translate kept a map whose lead over a rival map stayed below ``resolve_margin``, even
-    after the extra anchor pools: the selection could not tell the maps apart, and the kept one
-    may be wrong. On the embedding benchmark most such splits were at chance; some held a
-    partly found map (``flowmatch bench embeddings``; README)."""
+    after the extra anchor pools, or whose CSLS lead at the full width was under ``lead_z``
+    standard errors, so that B's flow density chose it: the selection could not tell the maps
+    apart, and the kept one may be wrong. On the embedding benchmark most such splits were at
+    chance; some held a partly found map (``flowmatch bench embeddings``; README)."""
 
 
 _AE_DEFAULTS: dict[str, Any] = {"latent_dim": 16, "hidden": 64, "max_steps": 400, "patience": 2}
