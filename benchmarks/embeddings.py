@@ -269,8 +269,7 @@ def _final_pick(final: dict | None) -> str:
     if not final or final.get("lead_z") is None:
         return ""
     by = ", B's density chose" if final["decided_by"] == "density" else ""
-    pick = final.get("csls_pick", "the CSLS pick")
-    return f"; final: {pick} led {final['rival']} by {final['lead_z']:.2f} SE{by}"
+    return f"; final: {final['csls_pick']} led {final['rival']} by {final['lead_z']:.2f} SE{by}"
 
 
 def mode_agreement(

@@ -303,8 +303,8 @@ def csls_lead(u_a: Tensor, u_b: Tensor, rotation: Tensor, rival: Tensor) -> floa
     the same A rows and B rows for both maps) over the standard error of that mean. Below
     about 1 the lead is within the noise of the rows drawn; negative when the rival scores
     higher."""
-    rows = (2000, 10_000, 10, 12345)  # alignment_score's n_rows, max_targets, k, seed
-    diff = _scored_rows(u_a, u_b, rotation, *rows)[0] - _scored_rows(u_a, u_b, rival, *rows)[0]
+    rows = alignment_score.__kwdefaults__  # its n_rows, max_targets, k and seed
+    diff = _scored_rows(u_a, u_b, rotation, **rows)[0] - _scored_rows(u_a, u_b, rival, **rows)[0]
     diff = diff.double()
     se = float(diff.std()) / float(np.sqrt(len(diff))) if len(diff) > 1 else 0.0
     return float(diff.mean()) / se if se > 0 else (float("inf") if float(diff.mean()) > 0 else 0.0)

@@ -603,15 +603,24 @@ def map_similarity(r: Tensor, q: Tensor) -> float:
     return float(r @ q / (r.norm() * q.norm()).clamp_min(1e-12))
 
 
+def _best_and_rival(
+    csls: dict[str, float], maps: dict[str, Tensor], same_map: float
+) -> tuple[str, str | None]:
+    """The name with the best CSLS, and the best-scoring one whose map differs from its
+    (``map_similarity`` below ``same_map``; None when every map is the best's)."""
+    best = max(csls, key=csls.get)
+    rivals = [n for n in csls if map_similarity(maps[n], maps[best]) < same_map]
+    return best, (max(rivals, key=csls.get) if rivals else None)
+
+
 def resolution(csls: dict[str, float], maps: dict[str, Tensor], same_map: float) -> float:
     """How clearly the best finalist leads: its CSLS's lead over the best finalist with a
     different map (``map_similarity`` below ``same_map``), as a fraction of its own CSLS
     (1 when every finalist found the best's map: nothing competes)."""
-    best = max(csls, key=csls.get)
-    rivals = [csls[n] for n in csls if map_similarity(maps[n], maps[best]) < same_map]
-    if not rivals:
+    best, rival = _best_and_rival(csls, maps, same_map)
+    if rival is None:
         return 1.0
-    return (csls[best] - max(rivals)) / max(abs(csls[best]), 1e-12)
+    return (csls[best] - csls[rival]) / max(abs(csls[best]), 1e-12)
 
 
 def _closing(
@@ -667,11 +676,9 @@ def select_final(
     "density"})``, and with the density's choice each map's ``"log_likelihood"``.
     """
     s = settings
-    best = max(refined, key=lambda name: csls[name])
-    rivals = [n for n in refined if map_similarity(refined[n], refined[best]) < s.same_map]
-    if not rivals:
+    best, rival = _best_and_rival(csls, refined, s.same_map)
+    if rival is None:
         return best, {"csls_pick": best, "lead_z": None, "rival": None, "decided_by": "csls"}
-    rival = max(rivals, key=lambda name: csls[name])
     z = csls_lead(u_a, u_b, refined[best], refined[rival])
     out = {"csls_pick": best, "lead_z": round(z, 3), "rival": rival, "decided_by": "csls"}
     if s.lead_z is None or z >= s.lead_z or density is None:
