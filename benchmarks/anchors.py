@@ -42,7 +42,7 @@ from baselines._sphere import SphereCoordinates, unit_rows
 from benchmarks._common import nonnegative_int, positive_int, print_table, running
 from flowmatch.alignment import fit_orthogonal
 from flowmatch.qap import qap_objective
-from flowmatch.starts import anchor_run, centred_gram
+from flowmatch.starts import anchor_runs, centred_gram
 
 __all__ = ["AnchorRuns", "AnchorsBench", "add_arguments", "judge_runs", "main", "measure_anchors"]
 
@@ -116,8 +116,7 @@ def judge_runs(
         raise ValueError(f"at least 2 clusters are needed, got {k} (rows: {len(xa)}, {len(xb)})")
     rng = np.random.default_rng(seed)
     right, beats, cosine, corr = [], [], [], []
-    for _ in range(n_runs):
-        ca, cb, ia, ib, value = anchor_run(xa, xb, k, n_restarts, max_rows, rng)
+    for ca, cb, ia, ib, value in anchor_runs(xa, xb, k, n_runs, n_restarts, max_rows, rng):
         sim = unit_rows(ca @ w.T) @ unit_rows(cb).T  # (k, k) cosines
         true_a, true_b = linear_sum_assignment(-sim)
         ga, gb = centred_gram(ca), centred_gram(cb)

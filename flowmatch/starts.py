@@ -24,18 +24,19 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from sklearn.cluster import KMeans
 from torch import Tensor
 from tqdm.auto import tqdm
 
 from flowmatch.alignment import fit_orthogonal, polar
 from flowmatch.gromov import gw_initial_map
+from flowmatch.kmeans import batched_kmeans
 from flowmatch.neighbours import mean_of_nearest
 from flowmatch.qap import qap_search
 
 __all__ = [
     "Anchors",
-    "anchor_run",
+    "ANCHOR_BLOCK",
+    "anchor_runs",
     "centred_gram",
     "cluster_anchors",
     "gw_start",
@@ -43,6 +44,7 @@ __all__ = [
     "mode_anchors",
     "moment_start",
     "normalise_rows",
+    "side_centroids",
     "relative_pseudo_pairs",
     "start_from_anchors",
     "subsample",
@@ -102,30 +104,73 @@ def match_centroids(ca: np.ndarray, cb: np.ndarray, n_restarts: int, rng: np.ran
     return idx_a[keep], perm[keep], value
 
 
-def anchor_run(
+ANCHOR_BLOCK = 1 << 25
+"""Entries (float32) of one batch of runs' subsampled rows in :func:`side_centroids`."""
+
+
+def side_centroids(
+    x: np.ndarray,
+    k: int,
+    n_runs: int,
+    max_rows: int,
+    rng: np.random.Generator,
+) -> np.ndarray:
+    """k-means centroids of ``n_runs`` runs on one side  # (n, p) → (n_runs, k, p).
+
+    Each run clusters a fresh subsample of at most ``max_rows`` rows (all the rows, shared by
+    every run, when there are no more), seeded by k-means++: the runs go through
+    :func:`flowmatch.kmeans.batched_kmeans` together, in batches of at most
+    :data:`ANCHOR_BLOCK` subsampled entries.
+    """
+    generator = torch.Generator().manual_seed(int(rng.integers(2**63)))
+    rows = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+    if len(rows) <= max_rows:
+        return batched_kmeans(rows, k, n_runs=n_runs, generator=generator).numpy()
+    picks = [subsample(len(rows), max_rows, rng) for _ in range(n_runs)]
+    per_batch = max(1, ANCHOR_BLOCK // (max_rows * rows.shape[1]))
+    parts = [
+        batched_kmeans(
+            rows[torch.from_numpy(np.stack(picks[i : i + per_batch]))],
+            k,
+            n_runs=len(picks[i : i + per_batch]),
+            generator=generator,
+        )
+        for i in range(0, n_runs, per_batch)
+    ]
+    return torch.cat(parts).numpy()
+
+
+def anchor_runs(
     xa: np.ndarray,
     xb: np.ndarray,
     k: int,
+    n_runs: int,
     n_restarts: int,
     max_rows: int,
     rng: np.random.Generator,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, float]:
-    """One run of :func:`cluster_anchors`: k-means (``k`` clusters, one initialisation) on a
-    fresh subsample of at most ``max_rows`` of each side's rows, then :func:`match_centroids`.
+    *,
+    progress: bool = False,
+) -> list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, float]]:
+    """The runs of :func:`cluster_anchors`: k-means (``k`` clusters, one k-means++
+    initialisation) on fresh subsamples of at most ``max_rows`` of each side's rows
+    (:func:`side_centroids`), then :func:`match_centroids` run by run (a progress bar over
+    the matching with ``progress``).
 
     Returns
     -------
-    ca, cb : ndarray  # (k, p) each side's centroids ; ia, ib : ndarray  # matched indices into
-    them ; value : float  # the quadratic-assignment objective
+    One ``(ca, cb, ia, ib, value)`` per run: ca, cb : ndarray  # (k, p) each side's centroids
+    ; ia, ib : ndarray  # matched indices into them ; value : the quadratic-assignment objective
     """
-    ca, cb = (
-        KMeans(k, n_init=1, random_state=int(rng.integers(2**31)))
-        .fit(x[subsample(len(x), max_rows, rng)])
-        .cluster_centers_
-        for x in (xa, xb)
+    cents_a = side_centroids(xa, k, n_runs, max_rows, rng)
+    cents_b = side_centroids(xb, k, n_runs, max_rows, rng)
+    runs = []
+    bar = tqdm(
+        zip(cents_a, cents_b), total=n_runs, desc="anchors", disable=not progress, leave=False
     )
-    ia, ib, value = match_centroids(ca, cb, n_restarts, rng)
-    return ca, cb, ia, ib, value
+    for ca, cb in bar:
+        ia, ib, value = match_centroids(ca, cb, n_restarts, rng)
+        runs.append((ca, cb, ia, ib, value))
+    return runs
 
 
 def cluster_anchors(
@@ -143,7 +188,7 @@ def cluster_anchors(
 
     Each run clusters a fresh subsample (at most ``max_rows`` rows) of each side's unit-length
     rows into ``n_clusters`` and matches the two sets of centroids by the best of
-    ``n_restarts`` 2-opt searches (:mod:`flowmatch.qap`).
+    ``n_restarts`` 2-opt searches (:mod:`flowmatch.qap`); :func:`anchor_runs`.
 
     Parameters
     ----------
@@ -156,14 +201,12 @@ def cluster_anchors(
     rng = np.random.default_rng(seed)
     xa, xb = normalise_rows(u_a).numpy(), normalise_rows(u_b).numpy()
     k = int(min(n_clusters, len(xa), len(xb)))
-    parts_a, parts_b, values = [], [], []
-    for _ in tqdm(range(n_runs), desc="anchors", disable=not progress, leave=False):
-        ca, cb, ia, ib, value = anchor_run(xa, xb, k, n_restarts, max_rows, rng)
-        parts_a.append(ca[ia])
-        parts_b.append(cb[ib])
-        values.append(value)
-    a, b = (torch.from_numpy(np.concatenate(p)).float() for p in (parts_a, parts_b))
-    return Anchors(a, b, tuple(values))
+    runs = anchor_runs(xa, xb, k, n_runs, n_restarts, max_rows, rng, progress=progress)
+    a = np.concatenate([ca[ia] for ca, _, ia, _, _ in runs])
+    b = np.concatenate([cb[ib] for _, cb, _, ib, _ in runs])
+    return Anchors(
+        torch.from_numpy(a).float(), torch.from_numpy(b).float(), tuple(r[4] for r in runs)
+    )
 
 
 def mode_anchors(
