@@ -38,6 +38,8 @@ def test_embedding_ablation_runs_each_family_alone(monkeypatch):
     monkeypatch.setattr(tr, "translate", fake_translate)
     monkeypatch.setattr(emb, "check_available", lambda corpora, pairs: None)
     monkeypatch.setattr(emb, "load_pair_embeddings", lambda *args: (x, x, None))
+    warmed = []
+    monkeypatch.setattr(emb, "warm_up", lambda methods, options: warmed.append(tuple(methods)))
     bench = emb.measure_embeddings(
         ["wordnet"],
         ["minilm"],
@@ -52,9 +54,24 @@ def test_embedding_ablation_runs_each_family_alone(monkeypatch):
     names = [r.method for r in bench.rows]
     assert names == ["b_mean", "flowmatch", "flowmatch[clusters]", "flowmatch[modes]"]
     assert calls == [{}, {"starts": ["clusters"]}, {"starts": ["modes"]}]
+    assert warmed == [("b_mean", "flowmatch")]  # once, before the timed rows
     skipped = bench.rows[-1]
     assert np.isnan(skipped.top1) and "no starting map" in skipped.note
     assert bench.rows[2].top1 == 1.0  # the fake identity map on identical sides
+
+
+def test_warm_up_fits_each_method_once_on_a_small_split(monkeypatch):
+    fitted = []
+
+    def fake_fit(method, split, seed, options):
+        fitted.append((method, split.a.shape, split.test_a.shape))
+        if method == "wasserstein_procrustes":
+            raise emb._Skip("too big")
+
+    monkeypatch.setattr(emb, "_fit", fake_fit)
+    emb.warm_up(["flowmatch", "mini_vec2vec", "flowmatch", "wasserstein_procrustes"], {})
+    assert [m for m, _, _ in fitted] == ["flowmatch", "mini_vec2vec", "wasserstein_procrustes"]
+    assert all(a == (300, 24) and t == (100, 24) for _, a, t in fitted)
 
 
 def test_embedding_ablation_needs_flowmatch(capsys):
