@@ -127,13 +127,14 @@ class TranslateSettings:
             are drawn (``clusters<i>``, seeded as further ``n_anchor_pools``) and refined as
             finalists too, at most ``extra_anchor_pools`` in all (0: never). Where a map is
             found its lead was 0.04–0.29 (WordNet 1,000–5,000 rows, Python docs 2,000–9,000
-            rows, fortunes 4,000 rows seed 0); where none was, 0.001–0.028. Fortunes 4,000 rows
-            seed 1: 0.003 → 0.839 (resolved after two pools, lead 0.069); 2,000 rows seed 0:
-            0.212 → 0.363; Python docs 2,000 rows seed 1: 0.064 → 0.480 (found by the fourth
-            extra pool). The resolved splits pay nothing, an unresolved one its extra pools
-            (fortunes, 4,000 rows, seed 1, side by side with mini-vec2vec: 86.0 s against
-            33.7 s). Extra pools of 10 anchor runs instead of 30 lost both fortunes maps
-            (0.104, 0.074). A lead is no proof: on a synthetic mixture (``flowmatch bench
+            rows, fortunes 4,000 rows seed 0); where none was, 0.001–0.028. When introduced
+            (scikit-learn's k-means runs, docs/history.md): fortunes 4,000 rows seed 1: 0.003
+            → 0.839 (resolved after two pools, lead 0.069); 2,000 rows seed 0: 0.212 → 0.363;
+            Python docs 2,000 rows seed 1: 0.064 → 0.480 (found by the fourth extra pool). The
+            resolved splits pay nothing, an unresolved one its extra pools (Python docs, 2,000
+            rows, seed 1, side by side with mini-vec2vec: 26.8 s against 11.2 s, README).
+            Extra pools of 10 anchor runs instead of 30 lost both fortunes maps (0.104,
+            0.074). A lead is no proof: on a synthetic mixture (``flowmatch bench
             speed``, 100,000 × 768) every finalist was wrong and the best led by 0.071.
         lead_z : the final pick among the maps refined through the full width is the best by
             CSLS unless its lead over the best rival map is under ``lead_z`` standard errors
