@@ -9,7 +9,8 @@ every run's centres move less than ``tol`` times the mean variance of its rows.
 
 The runs either share one set of rows (``x`` of shape (m, p)) or each have their own
 (``x`` of shape (r, m, p)). Distances come from the expansion
-``|x - c|² = |x|² - 2 x·c + |c|²``, in float32 unless the rows are float64.
+``|x - c|² = |x|² - 2 x·c + |c|²``, in float32 unless the rows are float64, on the rows'
+device; the random draws come from ``generator`` (a CPU generator) and move there.
 
 References
 ----------
@@ -71,15 +72,16 @@ def kmeans_plusplus(
     """
     x = _check(x, k, n_runs)
     m = x.shape[-2]
-    runs = torch.arange(n_runs)
+    runs = torch.arange(n_runs, device=x.device)
     sq = _sq_norms(x, n_runs)
-    first = torch.randint(m, (n_runs, 1), generator=generator)
+    first = torch.randint(m, (n_runs, 1), generator=generator).to(x.device)
     centres = [_rows(x, first)]
     closest = (sq - 2 * _cross(centres[0], x)[:, 0] + sq[runs, first[:, 0]][:, None]).clamp_min(0)
     trials = 2 + int(math.log(k))
     for _ in range(1, k):
         weights = closest + (closest.sum(1, keepdim=True) <= 0)  # all rows on centres: uniform
-        cand = torch.multinomial(weights, trials, replacement=True, generator=generator)
+        cand = torch.multinomial(weights.cpu(), trials, replacement=True, generator=generator)
+        cand = cand.to(x.device)
         dist = sq[:, None, :] - 2 * _cross(_rows(x, cand), x) + torch.gather(sq, 1, cand)[..., None]
         merged = torch.minimum(closest[:, None, :], dist.clamp_min(0))  # (r, trials, m)
         best = merged.sum(-1).argmin(1)  # (r,)
@@ -107,7 +109,7 @@ def batched_kmeans(
     x = _check(x, k, n_runs)
     centres = kmeans_plusplus(x, k, n_runs=n_runs, generator=generator)
     limit = tol * x.var(-2, unbiased=False).mean(-1).expand(n_runs)  # (r,)
-    active = torch.arange(n_runs)  # the runs still moving
+    active = torch.arange(n_runs, device=x.device)  # the runs still moving
     for _ in range(max_iter):
         rows = x if x.dim() == 2 else x[active]
         new = _lloyd_step(rows, centres[active])
@@ -129,7 +131,7 @@ def _lloyd_step(x: Tensor, centres: Tensor) -> Tensor:
     else:
         cross = x @ centres.transpose(1, 2)  # (r, m, k)
     labels = (half_sq[:, None, :] - cross).argmin(-1)  # (r, m)
-    onehot = torch.zeros(r, k, x.shape[-2], dtype=x.dtype)
+    onehot = torch.zeros(r, k, x.shape[-2], dtype=x.dtype, device=x.device)
     onehot.scatter_(1, labels[:, None, :], 1.0)
     counts = onehot.sum(-1, keepdim=True)  # (r, k, 1)
     return torch.where(counts > 0, (onehot @ x) / counts.clamp_min(1), centres)
