@@ -72,8 +72,8 @@ __all__ = [
     "check_available",
     "main",
     "measure_embeddings",
-    "warm_up",
     "split_rows",
+    "warm_up",
 ]
 
 PAIRS: dict[str, tuple[str, str]] = {

@@ -111,9 +111,10 @@ def batched_kmeans(
     limit = tol * x.var(-2, unbiased=False).mean(-1).expand(n_runs)  # (r,)
     active = torch.arange(n_runs, device=x.device)  # the runs still moving
     for _ in range(max_iter):
-        rows = x if x.dim() == 2 else x[active]
-        new = _lloyd_step(rows, centres[active])
-        shift = ((new - centres[active]) ** 2).sum((1, 2))
+        current = centres[active]
+        rows = x if x.dim() == 2 or len(active) == n_runs else x[active]  # no copy while all move
+        new = _lloyd_step(rows, current)
+        shift = ((new - current) ** 2).sum((1, 2))
         centres[active] = new
         active = active[shift > limit[active]]
         if not len(active):

@@ -34,8 +34,8 @@ from flowmatch.neighbours import mean_of_nearest
 from flowmatch.qap import qap_search
 
 __all__ = [
-    "Anchors",
     "ANCHOR_BLOCK",
+    "Anchors",
     "anchor_runs",
     "centred_gram",
     "cluster_anchors",
@@ -44,8 +44,8 @@ __all__ = [
     "mode_anchors",
     "moment_start",
     "normalise_rows",
-    "side_centroids",
     "relative_pseudo_pairs",
+    "side_centroids",
     "start_from_anchors",
     "subsample",
 ]
@@ -128,14 +128,10 @@ def side_centroids(
         return batched_kmeans(rows, k, n_runs=n_runs, generator=generator).numpy()
     picks = [subsample(len(rows), max_rows, rng) for _ in range(n_runs)]
     per_batch = max(1, ANCHOR_BLOCK // (max_rows * rows.shape[1]))
+    batches = [np.stack(picks[i : i + per_batch]) for i in range(0, n_runs, per_batch)]
     parts = [
-        batched_kmeans(
-            rows[torch.from_numpy(np.stack(picks[i : i + per_batch]))],
-            k,
-            n_runs=len(picks[i : i + per_batch]),
-            generator=generator,
-        )
-        for i in range(0, n_runs, per_batch)
+        batched_kmeans(rows[torch.from_numpy(b)], k, n_runs=len(b), generator=generator)
+        for b in batches
     ]
     return torch.cat(parts).numpy()
 
