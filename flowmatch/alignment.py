@@ -124,6 +124,8 @@ def fit_orthogonal(src: Any, dst: Any, weights: Any = None) -> Tensor:
     x, y = _f64(src, "src"), _f64(dst, "dst")
     if len(x) != len(y):
         raise ValueError(f"src has {len(x)} rows but dst has {len(y)}")
+    if weights is None:  # uniform weights only scale the product: the same polar factor
+        return polar(y.T @ x)
     w = _weights(weights, len(x))
     return polar(y.T @ (w[:, None] * x))
 

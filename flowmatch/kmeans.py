@@ -131,7 +131,7 @@ def _lloyd_step(x: Tensor, centres: Tensor) -> Tensor:
         cross = (x @ centres.reshape(r * k, p).T).reshape(len(x), r, k).transpose(0, 1)
     else:
         cross = x @ centres.transpose(1, 2)  # (r, m, k)
-    labels = (half_sq[:, None, :] - cross).argmin(-1)  # (r, m)
+    labels = (half_sq[:, None, :] - cross).min(-1).indices  # (r, m); faster than argmin
     onehot = torch.zeros(r, k, x.shape[-2], dtype=x.dtype, device=x.device)
     onehot.scatter_(1, labels[:, None, :], 1.0)
     counts = onehot.sum(-1, keepdim=True)  # (r, k, 1)

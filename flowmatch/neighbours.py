@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 __all__ = [
@@ -58,18 +59,13 @@ def mean_of_nearest(
     within :data:`BLOCK_ENTRIES` (at least 128). On long base sets the selection then reads a
     block that stays in cache: 1,000 queries against 20,000 rows of 32 coordinates took 78 ms
     in blocks of 128 rows against 133 ms in one block of all 1,000 (50,000 rows: 226 against
-    320 ms; one CPU thread)."""
+    320 ms; one CPU thread). The means are ``embedding_bag``'s: on 1,000 queries, k = 50,
+    2,000 rows of 32 coordinates, 0.2 ms against 1.7 ms for a sparse product (308
+    coordinates: 1.6 against 3.2 ms)."""
     k = min(k, len(base))
     chunk = chunk or max(128, BLOCK_ENTRIES // max(len(base), 1))
-    out = torch.empty(len(query), values.shape[1], dtype=values.dtype)
+    out = torch.empty(len(query), values.shape[1], dtype=values.dtype, device=values.device)
     for s in range(0, len(query), chunk):
         nb = top_indices(query[s : s + chunk] @ base.T, k)
-        rows = torch.arange(len(nb)).repeat_interleave(k)
-        weight = torch.sparse_coo_tensor(
-            torch.stack([rows, nb.reshape(-1)]),
-            torch.full((rows.numel(),), 1.0 / k, dtype=values.dtype),
-            (len(nb), len(base)),
-            check_invariants=False,
-        )
-        out[s : s + chunk] = torch.sparse.mm(weight, values)
+        out[s : s + chunk] = F.embedding_bag(nb.to(values.device), values, mode="mean")
     return out
