@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from flowmatch.alignment import apply_map, fit_affine, fit_similarity, refine_map
+from flowmatch.alignment import apply_map, fit_affine, fit_orthogonal, fit_similarity, refine_map
 
 
 def _rotation(k, gen):
@@ -25,6 +25,23 @@ def test_fit_similarity_recovers_rotation_and_scale(gen):
     matrix, bias = fit_similarity(x, 2.5 * x @ q.T + c)
     torch.testing.assert_close(matrix, 2.5 * q)
     torch.testing.assert_close(apply_map(x, matrix, bias), 2.5 * x @ q.T + c)
+
+
+def test_fit_orthogonal_recovers_a_rotation_with_uniform_or_given_weights(gen):
+    x = torch.randn(50, 6, generator=gen, dtype=torch.float64)
+    q = _rotation(6, gen)
+    noisy = x @ q.T + 0.05 * torch.randn(50, 6, generator=gen, dtype=torch.float64)
+    plain = fit_orthogonal(x, noisy)
+    torch.testing.assert_close(plain @ plain.T, torch.eye(6, dtype=torch.float64))
+    assert float((plain - q).abs().max()) < 0.05
+    torch.testing.assert_close(fit_orthogonal(x, noisy, weights=np.full(50, 3.0)), plain)
+    skewed = np.r_[np.ones(25), np.full(25, 1e-6)]  # the first half's fit only
+    torch.testing.assert_close(
+        fit_orthogonal(x, noisy, weights=skewed),
+        fit_orthogonal(x[:25], noisy[:25]),
+        atol=1e-4,
+        rtol=0,
+    )
 
 
 def test_refine_map_recovers_a_rotation_without_pairs(gen):

@@ -26,11 +26,13 @@ def test_top_indices_keep_the_same_entries_as_topk(m: int, k: int) -> None:
     assert torch.equal(got.sort(dim=1).values, want.sort(dim=1).values)
 
 
-def test_mean_of_nearest_is_the_mean_over_the_brute_force_neighbours() -> None:
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_mean_of_nearest_is_the_mean_over_the_brute_force_neighbours(dtype: torch.dtype) -> None:
     gen = torch.Generator().manual_seed(0)
     query, base = torch.randn(37, 8, generator=gen), torch.randn(500, 8, generator=gen)
-    values = torch.randn(500, 3, generator=gen)
+    values = torch.randn(500, 3, generator=gen, dtype=dtype)
     got = mean_of_nearest(query, base, values, k=25, chunk=16)  # three chunks
     nearest = (query @ base.T).topk(25, dim=1).indices
     want = values[nearest].mean(1)
+    assert got.dtype == dtype
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
