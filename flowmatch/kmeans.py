@@ -24,6 +24,8 @@ import math
 import torch
 from torch import Tensor
 
+from flowmatch.validation import check_finite
+
 __all__ = ["batched_kmeans", "kmeans_plusplus"]
 
 
@@ -38,8 +40,7 @@ def _check(x: Tensor, k: int, n_runs: int) -> Tensor:
         raise ValueError(f"rows hold {x.shape[0]} runs' rows, but n_runs={n_runs}")
     if not 1 <= k <= x.shape[-2]:
         raise ValueError(f"k={k} clusters needs 1 ≤ k ≤ rows ({x.shape[-2]})")
-    if not torch.isfinite(x).all():
-        raise ValueError("rows contain NaN or Inf")
+    check_finite(x, "rows")
     return x
 
 
