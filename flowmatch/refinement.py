@@ -32,7 +32,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from flowmatch.alignment import fit_orthogonal, polar
-from flowmatch.neighbours import mean_of_nearest
+from flowmatch.neighbours import NearestCache, mean_of_nearest
 from flowmatch.starts import normalise_rows, subsample
 from flowmatch.validation import check_real
 
@@ -98,11 +98,17 @@ def refine_nearest(
     rot = torch.as_tensor(rotation, dtype=torch.float64)
     last, checked = -float("inf"), [rot]  # the map at the last checks (and at the start)
     resampled = len(xa) > batch or len(xb) > max_targets  # else every round is the same step
+    # every round searches all of B when it fits: then A rows keep their nearest B rows
+    cache = NearestCache(xb, k, len(xa)) if len(xb) <= max_targets else None
     for done in tqdm(range(1, n_rounds + 1), desc="refine", disable=not progress, leave=False):
-        src = xa[torch.as_tensor(subsample(len(xa), batch, rng))]
-        base = xb[torch.as_tensor(subsample(len(xb), max_targets, rng))]
+        ids = subsample(len(xa), batch, rng)
+        src = xa[torch.as_tensor(ids)]
         mapped = src @ rot.float().T
-        dst = mean_of_nearest(mapped, base, base, k)
+        if cache is not None:
+            dst = cache.means(mapped, ids, xb)
+        else:
+            base = xb[torch.as_tensor(subsample(len(xb), max_targets, rng))]
+            dst = mean_of_nearest(mapped, base, base, k)
         if trace is not None:
             trace.append(float((normalise_rows(mapped) * normalise_rows(dst)).sum(1).mean()))
         fit = polar(dst.double().T @ src.double())  # fit_orthogonal(src, dst), unchecked
@@ -279,6 +285,14 @@ def _row_best(sim: Tensor) -> tuple[Tensor, Tensor]:
     return torch.from_numpy(block[np.arange(len(block)), idx]), torch.from_numpy(idx)
 
 
+def _transposed(sim: Tensor) -> Tensor:
+    """A contiguous copy of the transpose  # (n, m) → (m, n); on the CPU by NumPy (1,000 ×
+    2,000 float32: 1.7 against 2.8 ms for torch's ``contiguous``)."""
+    if sim.device.type != "cpu":
+        return sim.T.contiguous()
+    return torch.from_numpy(np.ascontiguousarray(sim.detach().numpy().T))
+
+
 def _scored_rows(
     u_a: Tensor, u_b: Tensor, rotation: Tensor, n_rows: int, max_targets: int, k: int, seed: int
 ) -> tuple[Tensor, Tensor, Tensor]:
@@ -288,7 +302,7 @@ def _scored_rows(
     xa, xb = _unit_sample(u_a, n_rows, rng), _unit_sample(u_b, max_targets, rng)
     sim = normalise_rows(xa @ torch.as_tensor(rotation).float().T) @ xb.T  # (m_a, m_b)
     best, partner = _row_best(sim)
-    by_b = sim.T.contiguous()  # (m_b, m_a): B's rows read along memory
+    by_b = _transposed(sim)  # (m_b, m_a): B's rows read along memory
     r_b = _top_mean(by_b, k)  # each B row's mean similarity to its k nearest mapped A rows
     r_a = _top_mean(sim, k)
     csls = 2.0 * best - r_a - r_b[partner]
