@@ -302,11 +302,13 @@ def _scored_rows(
     xa, xb = _unit_sample(u_a, n_rows, rng), _unit_sample(u_b, max_targets, rng)
     sim = normalise_rows(xa @ torch.as_tensor(rotation).float().T) @ xb.T  # (m_a, m_b)
     best, partner = _row_best(sim)
-    by_b = _transposed(sim)  # (m_b, m_a): B's rows read along memory
-    r_b = _top_mean(by_b, k)  # each B row's mean similarity to its k nearest mapped A rows
+    # only the partners' radii and best A rows are read: their columns, as rows (u, m_a)
+    cols, slot = torch.unique(partner, return_inverse=True)
+    by_b = _transposed(sim.index_select(1, cols))
+    r_b = _top_mean(by_b, k)  # each partner's mean similarity to its k nearest mapped A rows
     r_a = _top_mean(sim, k)
-    csls = 2.0 * best - r_a - r_b[partner]
-    mutual = _row_best(by_b)[1][partner] == torch.arange(len(xa))
+    csls = 2.0 * best - r_a - r_b[slot]
+    mutual = _row_best(by_b)[1][slot] == torch.arange(len(xa))
     return csls, best, mutual
 
 
