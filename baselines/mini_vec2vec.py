@@ -85,7 +85,7 @@ from baselines._sphere import (
     unit_rows,
 )
 from flowmatch.methods import FitData, Method, register
-from flowmatch.neighbours import NearestCache
+from flowmatch.neighbours import NearestCache, worth_caching
 from flowmatch.qap import two_opt_batch
 from flowmatch.starts import centred_gram
 from flowmatch.validation import check_fitted
@@ -267,9 +267,10 @@ def refine_matching(
     Each round draws ``sample`` A rows, pairs each mapped row with the mean of its
     ``n_neighbors`` nearest B rows (cosine; ranking by inner product is the same) and moves the
     map half-way (``smoothing``) to their Procrustes solution: ``R ← α R + (1 − α) R_new``.
-    The neighbours are exact; as the rounds redraw the same A rows, each row keeps the B rows
-    it was nearest to and is searched in full only when they no longer hold its nearest ones
-    (:class:`flowmatch.neighbours.NearestCache`, shared with translate's rounds).
+    The neighbours are exact; where the rounds redraw the same A rows often enough, each row
+    keeps the B rows it was nearest to and is searched in full only when they no longer hold
+    its nearest ones (:class:`flowmatch.neighbours.NearestCache`, shared with translate's
+    rounds; :func:`flowmatch.neighbours.worth_caching`).
 
     Returns
     -------
@@ -279,7 +280,10 @@ def refine_matching(
     r = np.asarray(rotation, dtype=np.float64)
     xb32 = xb_hat.astype(np.float32)  # the neighbour search runs in float32, as the reference
     # the rounds redraw the same A rows: each keeps its candidates (the same neighbours)
-    cache = NearestCache(torch.from_numpy(xb32), n_neighbors, len(xa_hat))
+    keys = torch.from_numpy(xb32)
+    cache = None
+    if worth_caching(keys, len(xa_hat), sample):
+        cache = NearestCache(keys, n_neighbors, len(xa_hat))
     values = torch.from_numpy(np.asarray(xb_hat, dtype=np.float64))
     block = max(1, _BLOCK_ENTRIES // len(xb32))  # query rows per similarity block, as the
     # peers' other searches (inner_product_neighbours)
@@ -287,8 +291,11 @@ def refine_matching(
     for t in tqdm(range(n_rounds), desc="mini-vec2vec refine", disable=not progress):
         ids = rng.permutation(len(xa_hat))[:sample]
         xs = xa_hat[ids]
-        queries = torch.from_numpy((xs @ r.T).astype(np.float32))
-        targets = cache.means(queries, ids, values, chunk=block).numpy()
+        if cache is not None:
+            queries = torch.from_numpy((xs @ r.T).astype(np.float32))
+            targets = cache.means(queries, ids, values, chunk=block).numpy()
+        else:
+            targets = neighbour_means((xs @ r.T).astype(np.float32), xb32, n_neighbors, xb_hat)
         new = smoothing * r + (1.0 - smoothing) * orthogonal_procrustes(xs, targets)
         steps[t], r = float(np.linalg.norm(new - r)), new
     return r, steps

@@ -32,7 +32,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from flowmatch.alignment import fit_orthogonal, polar
-from flowmatch.neighbours import NearestCache, mean_of_nearest
+from flowmatch.neighbours import NearestCache, mean_of_nearest, worth_caching
 from flowmatch.starts import normalise_rows, subsample
 from flowmatch.validation import check_real
 
@@ -99,7 +99,8 @@ def refine_nearest(
     last, checked = -float("inf"), [rot]  # the map at the last checks (and at the start)
     resampled = len(xa) > batch or len(xb) > max_targets  # else every round is the same step
     # every round searches all of B when it fits: then A rows keep their nearest B rows
-    cache = NearestCache(xb, k, len(xa)) if len(xb) <= max_targets else None
+    fixed = len(xb) <= max_targets and worth_caching(xb, len(xa), batch)
+    cache = NearestCache(xb, k, len(xa)) if fixed else None
     for done in tqdm(range(1, n_rounds + 1), desc="refine", disable=not progress, leave=False):
         ids = subsample(len(xa), batch, rng)
         src = xa[torch.as_tensor(ids)]

@@ -9,11 +9,13 @@ import pytest
 import torch
 
 from flowmatch.neighbours import (
+    CACHE_MAX_ROUNDS,
     PARTITION_MAX_COLUMNS,
     NearestCache,
     _count_at_least,
     mean_of_nearest,
     top_indices,
+    worth_caching,
 )
 
 
@@ -113,3 +115,9 @@ def test_nearest_cache_stops_trying_candidates_that_keep_failing() -> None:
     sim = rows @ base.T
     _same_sets(sim, cache.nearest(sim, ids), 20)
     assert cache.searched == searched  # no longer counted: plain full searches
+
+
+def test_worth_caching_only_where_rows_come_back_often() -> None:
+    base = torch.zeros(10, 2)
+    assert worth_caching(base, CACHE_MAX_ROUNDS * 1000, 1000)
+    assert not worth_caching(base, CACHE_MAX_ROUNDS * 1000 + 1, 1000)
