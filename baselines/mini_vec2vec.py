@@ -284,18 +284,18 @@ def refine_matching(
     cache = None
     if worth_caching(keys, len(xa_hat), sample):
         cache = NearestCache(keys, n_neighbors, len(xa_hat))
-    values = torch.from_numpy(np.asarray(xb_hat, dtype=np.float64))
-    block = max(1, _BLOCK_ENTRIES // len(xb32))  # query rows per similarity block, as the
-    # peers' other searches (inner_product_neighbours)
+        values = torch.from_numpy(np.asarray(xb_hat, dtype=np.float64))
+        block = max(1, _BLOCK_ENTRIES // len(xb32))  # query rows per similarity block, as
+        # the peers' other searches (inner_product_neighbours)
     steps = np.zeros(n_rounds)
     for t in tqdm(range(n_rounds), desc="mini-vec2vec refine", disable=not progress):
         ids = rng.permutation(len(xa_hat))[:sample]
         xs = xa_hat[ids]
+        queries = (xs @ r.T).astype(np.float32)
         if cache is not None:
-            queries = torch.from_numpy((xs @ r.T).astype(np.float32))
-            targets = cache.means(queries, ids, values, chunk=block).numpy()
+            targets = cache.means(torch.from_numpy(queries), ids, values, chunk=block).numpy()
         else:
-            targets = neighbour_means((xs @ r.T).astype(np.float32), xb32, n_neighbors, xb_hat)
+            targets = neighbour_means(queries, xb32, n_neighbors, xb_hat)
         new = smoothing * r + (1.0 - smoothing) * orthogonal_procrustes(xs, targets)
         steps[t], r = float(np.linalg.norm(new - r)), new
     return r, steps
