@@ -349,6 +349,8 @@ def _row(
         res = t.info_.get("resolution", {"leads": [], "extra_starts": 0})  # older artefacts
         leads = " -> ".join(f"{lead:.3f}" for lead in res["leads"])
         unresolved = "" if res.get("resolved", True) else " (unresolved)"
+        if res.get("settled_z") is not None:
+            unresolved += f" (one width further: {res['settled_z']:.1f} SE)"
         note = (
             f"kept start {t.info_['initialisation']}; lead {leads}{unresolved}, "
             f"{res['extra_starts']} extra pools{_final_pick(res.get('final'))}; "

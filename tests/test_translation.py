@@ -409,26 +409,37 @@ def test_the_final_pick_falls_to_the_density_only_within_the_csls_noise():
     assert _unresolved_message("a", {"resolved": True, "final": {"decided_by": "csls"}}, s) is None
 
 
-def test_unresolved_finalists_draw_more_anchor_pools():
-    """While the best finalist's lead at the second width is under ``resolve_margin``, two more
-    anchor pools at a time (at most ``extra_anchor_pools``) are probed and refined as finalists
-    too; otherwise none is drawn."""
-    from flowmatch.translation import fit_coordinates, pool_starts, refine_and_select
+def _pool_case(**changes):
+    """Coordinates of the clusters-beneath-the-axes pair (32 wide, searched from 16 unless
+    ``changes`` say otherwise), settings with ``changes``, a ``clusters`` start and a wrong one (``moments``: the identity), and
+    ``more``, the extra pools' starts, whose calls go to ``calls``."""
+    from flowmatch.translation import fit_coordinates, pool_starts
 
     a, b, *_ = _clusters_beneath_the_leading_axes(1500, 1)
     ca, cb = fit_coordinates(*(torch.as_tensor(x) for x in (a, b)), 32)
     ua, ub = ca.transform(torch.as_tensor(a)), cb.transform(torch.as_tensor(b))
     s = TranslateSettings(starts=("clusters", "moments"), search_components=16, n_clusters=16,
                           n_anchor_runs=5, n_probe=5, n_refine=20, n_refine_clusters=0,
-                          n_mutual=0, extra_anchor_pools=3)  # fmt: skip
-    starts = pool_starts(ua[:, :16], ub[:, :16], s, range(1), full=(ua, ub))
-    starts["moments"] = torch.eye(16, dtype=torch.float64)
+                          n_mutual=0, extra_anchor_pools=3).replace(**changes)  # fmt: skip
+    p0 = s.search_components
+    starts = pool_starts(ua[:, :p0], ub[:, :p0], s, range(1), full=(ua, ub))
+    starts["moments"] = torch.eye(p0, dtype=torch.float64)
     calls = []
 
     def more(pools: range) -> dict[str, torch.Tensor]:
         calls.append(list(pools))
-        return pool_starts(ua[:, :16], ub[:, :16], s, pools, full=(ua, ub))
+        return pool_starts(ua[:, :p0], ub[:, :p0], s, pools, full=(ua, ub))
 
+    return ua, ub, s, starts, more, calls
+
+
+def test_unresolved_finalists_draw_more_anchor_pools():
+    """While the best finalist's lead at the second width is under ``resolve_margin``, two more
+    anchor pools at a time (at most ``extra_anchor_pools``) are probed and refined as finalists
+    too; otherwise none is drawn."""
+    from flowmatch.translation import refine_and_select
+
+    ua, ub, s, starts, more, calls = _pool_case(settle_z=None)
     never = s.replace(resolve_margin=0.0)  # a lead is never below 0
     *_, scores, resolved = refine_and_select(ua, ub, starts, never, more_starts=more)
     assert calls == [] and resolved["extra_starts"] == 0 and len(resolved["leads"]) == 1
@@ -438,7 +449,32 @@ def test_unresolved_finalists_draw_more_anchor_pools():
     *_, scores, resolved = refine_and_select(ua, ub, starts, always, more_starts=more)
     assert calls == [[1, 2], [3]] and resolved["extra_starts"] == 3
     assert len(resolved["leads"]) == 3  # before each draw, and after the last
-    assert resolved["resolved"] is False
+    assert resolved["resolved"] is False and resolved["settled_z"] is None
     for name in ("clusters1", "clusters2", "clusters3"):
         assert scores[name]["rounds"] == s.n_probe
         assert scores[f"{name}/w32"]["rounds"] > s.n_probe
+
+
+@pytest.mark.parametrize("search", [16, 8])
+def test_a_map_clear_of_its_rival_one_width_further_draws_no_pools(search):
+    """Finalists the second width cannot separate (``resolve_margin`` out of reach here) draw
+    no pools when the best and its rival, carried one width further (the full width when the
+    schedule has no other; 8 → 16 → 32 has), stand ``settle_z`` standard errors apart; no map
+    is refined twice, and the kept map is the one kept without the check and its pools."""
+    from flowmatch.translation import refine_and_select, search_widths
+
+    ua, ub, s, starts, more, calls = _pool_case(resolve_margin=2.0, search_components=search)
+    kept, rot, scores, resolved = refine_and_select(ua, ub, starts, s, more_starts=more)
+    assert calls == [] and resolved["extra_starts"] == 0
+    assert resolved["settled_z"] >= s.settle_z and resolved["resolved"] is True
+    widths = search_widths(32, search)
+    finals = [key for key in scores if key.endswith("/final")]
+    assert finals  # each survivor's rounds: the probe, then at most n_refine per width
+    assert all(scores[key]["rounds"] <= s.n_probe + len(widths) * s.n_refine for key in finals)
+    plain = s.replace(extra_anchor_pools=0)
+    kept_plain, rot_plain, *_ = refine_and_select(ua, ub, starts, plain)
+    assert kept == kept_plain and torch.equal(rot, rot_plain)
+    # too high a bar: the pools are drawn
+    *_, resolved = refine_and_select(ua, ub, starts, s.replace(settle_z=1e9), more_starts=more)
+    assert calls and resolved["extra_starts"] == 3 and resolved["settled_z"] < 1e9
+
