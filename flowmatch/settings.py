@@ -175,8 +175,9 @@ class TranslateSettings:
             schedule's first two widths.
         n_survivors, survivor_margin : the finalists with the best score at the second width
             that are refined through the full width (less those scoring more than
-            ``survivor_margin``, a fraction of the best's score, below the best); the one with
-            the best score there is kept.
+            ``survivor_margin``, a fraction of the best's score, below the best, and those
+            holding a better survivor's map, cosine at least ``same_map``); the one with the
+            best score there is kept.
         nearest_survivor : also refine through the full width the finalist whose mapped rows
             lie closest to B's at the second width (the best mean nearest-neighbour cosine),
             when the CSLS did not keep it and it is within the margin. With maps only partly

@@ -63,14 +63,16 @@ def test_every_start_is_scored_and_the_best_is_kept(rotation):
     closest = max(near, key=near.get)  # and the finalist closest to B's rows, if close
     if settings["nearest_survivor"] and closest in close and closest not in survivors:
         survivors.append(closest)
-    assert {k for k in scores if k.endswith("/final")} == {f"{k}/final" for k in survivors}
-    finals = {k: scores[f"{k}/final"]["csls"] for k in survivors}
+    # less those holding a better survivor's map (the maps are not in info_)
+    finals = {k[: -len("/final")] for k in scores if k.endswith("/final")}
+    assert survivors[0] in finals and finals <= set(survivors)
+    finals = {k: scores[f"{k}/final"]["csls"] for k in finals}
     # rounds run so far by each candidate: the probe, then at most n_refine per width
     n_widths = len(search_widths(t.info_["n_components"], settings["search_components"]))
     for k in finalists:
         assert scores[k]["rounds"] == settings["n_probe"]
         assert settings["n_probe"] < scores[f"{k}/w{width}"]["rounds"] <= 2 * settings["n_refine"]
-    for k in survivors:
+    for k in finals:
         assert scores[f"{k}/w{width}"]["rounds"] <= scores[f"{k}/final"]["rounds"]
         assert scores[f"{k}/final"]["rounds"] <= n_widths * settings["n_refine"]
     assert t.info_["initialisation"] == max(finals, key=finals.get)
@@ -288,6 +290,26 @@ def test_the_finalist_closest_to_b_survives_when_the_csls_is_close():
     assert _survivors(names, far, [0.490, 0.491, 0.497], s) == ["gw0", "clusters"]
     off = s.replace(nearest_survivor=False)
     assert _survivors(names, close, [0.490, 0.491, 0.497], off) == ["gw0", "clusters"]
+
+
+def test_a_finalist_holding_a_better_ones_map_does_not_survive():
+    """Given the finalists' maps, a survivor whose map is a better survivor's (cosine at least
+    ``same_map``) is dropped, whichever rule chose it; distinct maps all go on."""
+    from flowmatch.translation import _survivors
+
+    s = TranslateSettings(n_survivors=2, survivor_margin=0.1, nearest_survivor=False)
+    names = ["gw0", "clusters", "moments"]
+    close, flat = [0.1111, 0.1107, 0.1105], [0.5, 0.5, 0.5]
+    q = torch.linalg.qr(torch.randn(16, 16, generator=torch.Generator().manual_seed(0)))[0]
+    eye = torch.eye(16, dtype=torch.float64)
+    twins = {"gw0": eye, "clusters": eye + 0.05 * q.double(), "moments": q.double()}
+    assert _survivors(names, close, flat, s) == ["gw0", "clusters"]  # no maps: as before
+    assert _survivors(names, close, flat, s, twins) == ["gw0"]
+    near = s.replace(nearest_survivor=True)  # moments, closest to B, holds another map
+    assert _survivors(names, close, [0.490, 0.491, 0.497], near, twins) == ["gw0", "moments"]
+    apart = {"gw0": eye, "clusters": q.double(), "moments": -eye}
+    assert _survivors(names, close, flat, s, apart) == ["gw0", "clusters"]
+    assert _survivors(names, close, flat, s.replace(same_map=1.0), twins) == ["gw0", "clusters"]
 
 
 def test_search_widths_refine_without_smoothing_and_the_full_width_with_it():
