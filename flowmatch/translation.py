@@ -734,9 +734,10 @@ def refine_and_select(
     ``extra_anchor_pools`` in all), which are probed and refined as finalists too, before the
     survivors are chosen — unless, before the first draw, the best finalist and its rival,
     carried one width further, stand ``settle_z`` standard errors apart there
-    (:func:`_wider_lead`; the two maps are not refined again if they survive). (Probe scores at ``p0`` rank the starts roughly — on the manual-page
-    embeddings the start that wins at the full width was fourth of five there — while at the
-    second width it was first, as on WordNet.)
+    (:func:`_wider_lead`; the two maps are not refined again if they survive). (Probe scores
+    at ``p0`` rank the starts roughly — on the manual-page embeddings the start that wins at
+    the full width was fourth of five there — while at the second width it was first, as on
+    WordNet.)
     A start wider than ``p0`` (``clusters_full``, a (p, p) map) skips the probe and the widths:
     it gets ``n_refine`` rounds at the full width (no early stop) and competes there.
 

@@ -433,8 +433,9 @@ def test_the_final_pick_falls_to_the_density_only_within_the_csls_noise():
 
 def _pool_case(**changes):
     """Coordinates of the clusters-beneath-the-axes pair (32 wide, searched from 16 unless
-    ``changes`` say otherwise), settings with ``changes``, a ``clusters`` start and a wrong one (``moments``: the identity), and
-    ``more``, the extra pools' starts, whose calls go to ``calls``."""
+    ``changes`` say otherwise), settings with ``changes``, a ``clusters`` start and a wrong
+    one (``moments``: the identity), and ``more``, the extra pools' starts, whose calls go to
+    ``calls``."""
     from flowmatch.translation import fit_coordinates, pool_starts
 
     a, b, *_ = _clusters_beneath_the_leading_axes(1500, 1)
@@ -499,4 +500,3 @@ def test_a_map_clear_of_its_rival_one_width_further_draws_no_pools(search):
     # too high a bar: the pools are drawn
     *_, resolved = refine_and_select(ua, ub, starts, s.replace(settle_z=1e9), more_starts=more)
     assert calls and resolved["extra_starts"] == 3 and resolved["settled_z"] < 1e9
-
