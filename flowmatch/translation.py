@@ -753,7 +753,8 @@ def refine_and_select(
         finalist's lead at the second width before each draw of more pools and after the last,
         "extra_starts": how many starts more_starts gave, "resolved": whether the last lead
         reached resolve_margin or the wider lead settle_z, "settled_z": that wider lead in
-        standard errors (None when not measured), "final": the final pick's record
+        standard errors (None when not measured, or when no finalist held another map), "final":
+        the final pick's record
         (:func:`select_final`)}``.
     """
     s = settings
@@ -809,11 +810,12 @@ def refine_and_select(
         probe(extra)
         finalists(list(extra))
         ranked, drawn = ranked + list(extra), drawn + len(extra)
+    settled_far = settled is not None and s.settle_z is not None and settled >= s.settle_z
     resolved = {
         "leads": leads,
         "extra_starts": drawn,
-        "settled_z": None if settled is None else round(settled, 3),
-        "resolved": lead >= s.resolve_margin or (settled or 0.0) >= (s.settle_z or math.inf),
+        "settled_z": round(settled, 3) if settled is not None and settled < math.inf else None,
+        "resolved": lead >= s.resolve_margin or settled_far,
     }
     mid = [scores[f"{name}/w{wc}"] for name in ranked]
     nearest = [m["nearest"] for m in mid]

@@ -500,3 +500,11 @@ def test_a_map_clear_of_its_rival_one_width_further_draws_no_pools(search):
     # too high a bar: the pools are drawn
     *_, resolved = refine_and_select(ua, ub, starts, s.replace(settle_z=1e9), more_starts=more)
     assert calls and resolved["extra_starts"] == 3 and resolved["settled_z"] < 1e9
+    # the lowest bar settles at once; and finalists all holding one map have no rival to
+    # lead (no z, which would be infinite: the record stays JSON)
+    calls.clear()
+    *_, resolved = refine_and_select(ua, ub, starts, s.replace(settle_z=0.0), more_starts=more)
+    assert calls == [] and resolved["resolved"] is True and resolved["settled_z"] >= 0.0
+    twins = {"clusters": starts["clusters"], "moments": starts["clusters"].clone()}
+    *_, resolved = refine_and_select(ua, ub, twins, s, more_starts=more)
+    assert calls == [] and resolved["resolved"] is True and resolved["settled_z"] is None
