@@ -794,7 +794,7 @@ def refine_and_select(
         return rot
 
     finalists(ranked)
-    leads, drawn, settled = [], 0, None
+    leads, drawn, settled, settled_far = [], 0, None, False
     while True:  # more anchor pools, two at a time, while the finalists are unresolved
         csls = {name: scores[f"{name}/w{wc}"]["csls"] for name in ranked}
         lead = resolution(csls, partial, s.same_map) if ranked else 1.0
@@ -803,14 +803,14 @@ def refine_and_select(
             break
         if settled is None and s.settle_z is not None:
             settled = _wider_lead(u_a, u_b, csls, partial, s, carry, min(cut + 1, len(widths)))
-            if settled >= s.settle_z:
+            settled_far = settled >= s.settle_z
+            if settled_far:
                 break
         first = s.n_anchor_pools + drawn
         extra = more_starts(range(first, first + min(2, s.extra_anchor_pools - drawn)))
         probe(extra)
         finalists(list(extra))
         ranked, drawn = ranked + list(extra), drawn + len(extra)
-    settled_far = settled is not None and s.settle_z is not None and settled >= s.settle_z
     resolved = {
         "leads": leads,
         "extra_starts": drawn,
