@@ -175,35 +175,59 @@ def refine_clusters(
     return polar(rot) if orthogonal else rot
 
 
-def _csls_pass(
-    query: Tensor, base: Tensor, k: int, base_radii: Tensor | None = None, chunk: int = 1024
-) -> tuple[Tensor, Tensor | None]:
-    """One pass over ``chunk`` query rows at a time  # (n, p), (m, p) → (n,), (n,) | None:
-    each query row's mean similarity to its ``k`` most similar base rows (its CSLS radius), and,
-    given the base rows' radii (m,), the index of its best base row by CSLS (its own radius
-    does not change which base row is best)."""
-    radii, best = [], []
-    for s in range(0, len(query), chunk):
-        sim = query[s : s + chunk] @ base.T
-        radii.append(_top_mean(sim, k))
-        if base_radii is not None:
-            best.append(_row_best(2.0 * sim - base_radii)[1])
-    return torch.cat(radii), (torch.cat(best) if best else None)
+class _Blocks:
+    """Two reused buffers for blocks of similarities: the block and a scratch copy. On the
+    CPU, writing into memory already touched is cheaper than a fresh allocation (a 1,024 ×
+    10,000 float32 product on one thread: 39 against 56 ms; an in-place subtraction 2 against
+    17 ms)."""
+
+    def __init__(self, rows: int, cols: int, like: Tensor) -> None:
+        self.block = torch.empty(rows, cols, dtype=like.dtype, device=like.device)
+        self.scratch = torch.empty_like(self.block)
+
+    def similarities(self, query: Tensor, base: Tensor) -> Tensor:
+        """``query @ base.T`` written into the block  # (c, p), (m, p) → (c, m), c ≤ rows."""
+        return torch.mm(query, base.T, out=self.block[: len(query)])
+
+
+def _radii(query: Tensor, base: Tensor, k: int, chunk: int = 1024) -> Tensor:
+    """Each query row's mean similarity to its ``k`` most similar base rows, its CSLS radius
+    # (n, p), (m, p) → (n,); ``chunk`` query rows at a time."""
+    blocks = _Blocks(min(chunk, len(query)), len(base), query)
+    return torch.cat(
+        [
+            _top_mean(blocks.similarities(query[s : s + chunk], base), k, blocks.scratch)
+            for s in range(0, len(query), chunk)
+        ]
+    )
 
 
 def mutual_pairs(
-    u_a: Tensor, u_b: Tensor, rotation: Tensor, *, k: int = 10
+    u_a: Tensor, u_b: Tensor, rotation: Tensor, *, k: int = 10, chunk: int = 1024
 ) -> tuple[Tensor, Tensor]:
     """The rows that are each other's best partner by CSLS (Conneau et al. 2018) under
-    ``rotation`` (p_b, p_a): ``(idx_a (m,), idx_b (m,))``. Three passes over the similarities,
-    a block of rows at a time."""
+    ``rotation`` (p_b, p_a): ``(idx_a (m,), idx_b (m,))``.
+
+    Two passes over the similarities, ``chunk`` rows at a time: A's radii; then, per block of
+    B rows, their radii, each B row's best A row, and each A row's best B row so far (a
+    running maximum over the blocks). Scores are compared as ``cos − r/2``, which ranks
+    exactly as ``2·cos − r`` (halving is exact in floating point)."""
     ma = normalise_rows(normalise_rows(u_a) @ torch.as_tensor(rotation).float().T)
     xb = normalise_rows(u_b)
-    r_a, _ = _csls_pass(ma, xb, k)
-    r_b, back = _csls_pass(xb, ma, k, r_a)
-    _, forward = _csls_pass(ma, xb, k, r_b)
-    assert back is not None and forward is not None
-    idx_a = torch.nonzero(back[forward] == torch.arange(len(ma))).squeeze(1)
+    half_r_a = _radii(ma, xb, k, chunk) / 2
+    blocks = _Blocks(min(chunk, len(xb)), len(ma), ma)
+    back = torch.empty(len(xb), dtype=torch.long, device=ma.device)
+    best = torch.full((len(ma),), -float("inf"), dtype=ma.dtype, device=ma.device)
+    forward = torch.zeros(len(ma), dtype=torch.long, device=ma.device)
+    for s in range(0, len(xb), chunk):
+        sim = blocks.similarities(xb[s : s + chunk], ma)  # (c, n_a)
+        half_r_b = _top_mean(sim, k, blocks.scratch) / 2
+        by_a = torch.sub(sim, half_r_a, out=blocks.scratch[: len(sim)])
+        back[s : s + len(sim)] = _row_best(by_a)[1]
+        value, row = sim.sub_(half_r_b[:, None]).max(0)
+        better = value > best
+        best[better], forward[better] = value[better], row[better] + s
+    idx_a = torch.nonzero(back[forward] == torch.arange(len(ma), device=ma.device)).squeeze(1)
     return idx_a, forward[idx_a]
 
 
@@ -263,16 +287,22 @@ class AlignmentScore:
     mutual: float
 
 
-def _top_mean(sim: Tensor, k: int) -> Tensor:
+def _top_mean(sim: Tensor, k: int, scratch: Tensor | None = None) -> Tensor:
     """Mean of the ``k`` largest entries of each row of a 2-D block  # (n, m) → (n,).
     On the CPU by NumPy's ``partition`` on the rows (about twice as fast as ``topk`` for these
-    block sizes); the same entries, summed in another order."""
+    block sizes; the same entries, summed in another order), in ``scratch`` (at least (n, m),
+    float32, overwritten) when given instead of a fresh copy."""
     k = min(k, sim.shape[1])
     if sim.device.type != "cpu" or k == sim.shape[1]:
         return sim.topk(k, dim=1).values.mean(1)
-    block = np.ascontiguousarray(sim.detach().numpy())
-    m = block.shape[1]
-    return torch.from_numpy(np.partition(block, m - k, axis=1)[:, m - k :].mean(1))
+    m = sim.shape[1]
+    if scratch is None:
+        block = np.partition(np.ascontiguousarray(sim.detach().numpy()), m - k, axis=1)
+    else:
+        block = scratch[: len(sim)].numpy()
+        np.copyto(block, sim.detach().numpy())
+        block.partition(m - k, axis=1)
+    return torch.from_numpy(block[:, m - k :].mean(1))
 
 
 def _row_best(sim: Tensor) -> tuple[Tensor, Tensor]:

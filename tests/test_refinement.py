@@ -13,6 +13,7 @@ from flowmatch.refinement import (
     refine_mutual,
     refine_nearest,
 )
+from flowmatch.starts import normalise_rows
 
 
 @pytest.fixture(scope="module")
@@ -102,6 +103,22 @@ def test_mutual_pairs_under_the_true_map_are_the_true_partners():
     np.testing.assert_array_equal(perm[idx_b.numpy()], idx_a.numpy())
     wrong_a, wrong_b = mutual_pairs(xa, xb, polar(torch.as_tensor(rng.standard_normal((8, 8)))))
     assert float((perm[wrong_b.numpy()] == wrong_a.numpy()).sum()) < 0.1 * 1500
+
+
+@pytest.mark.parametrize("chunk", [256, 4096])
+def test_mutual_pairs_are_those_of_the_whole_csls_matrix(chunk: int) -> None:
+    """The two passes over blocks of rows (radii, then both ways' best partners with a running
+    maximum) give the pairs read off the whole CSLS matrix, for uneven sides and blocks."""
+    gen = torch.Generator().manual_seed(chunk)
+    xa, xb = torch.randn(700, 12, generator=gen), torch.randn(1100, 12, generator=gen)
+    rot = polar(torch.randn(12, 12, generator=gen, dtype=torch.float64))
+    sim = normalise_rows(normalise_rows(xa) @ rot.float().T) @ normalise_rows(xb).T
+    r_a, r_b = sim.topk(10, dim=1).values.mean(1), sim.topk(10, dim=0).values.mean(0)
+    csls = 2 * sim - r_a[:, None] - r_b[None, :]
+    forward, back = csls.argmax(1), csls.argmax(0)
+    want = torch.nonzero(back[forward] == torch.arange(700)).squeeze(1)
+    idx_a, idx_b = mutual_pairs(xa, xb, rot, chunk=chunk)
+    assert len(want) > 50 and torch.equal(idx_a, want) and torch.equal(idx_b, forward[want])
 
 
 def test_refine_mutual_moves_a_perturbed_map_towards_the_true_one(coords):
