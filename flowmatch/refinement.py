@@ -32,7 +32,13 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from flowmatch.alignment import fit_orthogonal, polar
-from flowmatch.neighbours import NearestCache, mean_of_nearest, worth_caching
+from flowmatch.neighbours import (
+    GROUPED_MIN_RATIO,
+    NearestCache,
+    mean_of_nearest,
+    top_indices,
+    worth_caching,
+)
 from flowmatch.starts import normalise_rows, subsample
 from flowmatch.validation import check_real
 
@@ -289,13 +295,18 @@ class AlignmentScore:
 
 def _top_mean(sim: Tensor, k: int, scratch: Tensor | None = None) -> Tensor:
     """Mean of the ``k`` largest entries of each row of a 2-D block  # (n, m) → (n,).
-    On the CPU by NumPy's ``partition`` on the rows (about twice as fast as ``topk`` for these
-    block sizes; the same entries, summed in another order), in ``scratch`` (at least (n, m),
+    On the CPU, for rows at least ``GROUPED_MIN_RATIO · k`` long, the entries of
+    :func:`~flowmatch.neighbours.top_indices`; on shorter ones NumPy's ``partition`` on the
+    rows (about twice as fast as ``topk`` for these block sizes), in ``scratch`` (at least (n, m),
     float32, overwritten) when given instead of a fresh copy."""
     k = min(k, sim.shape[1])
     if sim.device.type != "cpu" or k == sim.shape[1]:
         return sim.topk(k, dim=1).values.mean(1)
     m = sim.shape[1]
+    if m >= GROUPED_MIN_RATIO * k:  # the entries found through group maxima
+        block = sim.detach().numpy()
+        top = np.take_along_axis(block, top_indices(sim, k).numpy(), axis=1)
+        return torch.from_numpy(top.mean(1))
     if scratch is None:
         block = np.partition(np.ascontiguousarray(sim.detach().numpy()), m - k, axis=1)
     else:

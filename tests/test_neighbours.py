@@ -10,6 +10,7 @@ import torch
 
 from flowmatch.neighbours import (
     CACHE_MAX_ROUNDS,
+    GROUPED_MIN_RATIO,
     PARTITION_MAX_COLUMNS,
     NearestCache,
     _count_at_least,
@@ -23,7 +24,9 @@ from flowmatch.neighbours import (
     ("m", "k"),
     [
         (300, 50),  # argpartition
-        (PARTITION_MAX_COLUMNS + 1, 50),  # topk: a long row
+        (PARTITION_MAX_COLUMNS + 1, 50),  # group maxima: a long row
+        (PARTITION_MAX_COLUMNS + 7, 10),  # group maxima, trailing columns outside the groups
+        (4_000, 50),  # argpartition: shorter than GROUPED_MIN_RATIO · k
         (300, 5),  # topk: few kept
         (40, 50),  # k above the row length: every column
     ],
@@ -34,6 +37,20 @@ def test_top_indices_keep_the_same_entries_as_topk(m: int, k: int) -> None:
     want = scores.topk(min(k, m), dim=1).indices
     assert got.shape == want.shape and got.dtype == torch.int64
     assert torch.equal(got.sort(dim=1).values, want.sort(dim=1).values)
+
+
+def test_group_maxima_find_entries_that_crowd_into_one_group_and_ties() -> None:
+    """The largest entries of a row can all sit in one group (columns j, j + G, …) or in the
+    trailing columns; ties keep k distinct columns holding the k largest values."""
+    k, m = 10, GROUPED_MIN_RATIO * 10 + 3
+    scores = torch.rand(6, m, generator=torch.Generator().manual_seed(3))
+    g = int(np.sqrt(m / k) / 2)
+    groups = m // g
+    scores[0, 5 + groups * torch.arange(g)] = 2.0 + torch.arange(g, dtype=torch.float32)
+    scores[1, -3:] = 5.0  # the trailing columns hold the three largest
+    scores[2] = 1.0  # every entry ties
+    scores[3, ::7] = 1.5  # many ties above the rest
+    _same_sets(scores, top_indices(scores, k), k)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
