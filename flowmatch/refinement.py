@@ -32,6 +32,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from flowmatch.alignment import fit_orthogonal, polar
+from flowmatch.kmeans import kmeans_plusplus
 from flowmatch.neighbours import (
     GROUPED_MIN_RATIO,
     NearestCache,
@@ -166,7 +167,10 @@ def refine_clusters(
     centroids, averaged with the map as in :func:`refine_nearest` (``orthogonal`` likewise).
     ``n_clusters`` is capped at a tenth of the smaller side, so that every centroid averages
     several rows. Each side's k-means sees at most ``max_rows`` rows (a seeded subsample), so
-    the cost does not grow with n.
+    the cost does not grow with n. A's k-means starts from the seeds of
+    :func:`~flowmatch.kmeans.kmeans_plusplus`: the same greedy k-means++ as scikit-learn's,
+    whose own seeding computes float32 rows' distances upcast to float64 in small blocks (500
+    clusters of 20,000 rows, one thread: 5.9 against 2.2 s for the whole fit).
     """
     rng = np.random.default_rng(seed)
     xa, xb = _unit_sample(u_a, max_rows, rng).numpy(), _unit_sample(u_b, max_rows, rng).numpy()
@@ -174,7 +178,8 @@ def refine_clusters(
     rot = torch.as_tensor(rotation, dtype=torch.float64)
     if k < 2:
         return rot
-    ca = KMeans(k, n_init=1, random_state=seed).fit(xa).cluster_centers_
+    seeds = kmeans_plusplus(torch.from_numpy(xa), k, generator=torch.Generator().manual_seed(seed))
+    ca = KMeans(k, n_init=1, init=seeds[0].numpy()).fit(xa).cluster_centers_
     init = ca @ rot.numpy().T
     cb = KMeans(k, n_init=1, init=init, max_iter=100).fit(xb).cluster_centers_
     rot = smoothing * rot + (1.0 - smoothing) * fit_orthogonal(ca, cb)
