@@ -4,7 +4,7 @@ import torch
 from _synthetic import manifold_rotation_pair
 
 from flowmatch.settings import TranslateSettings
-from flowmatch.translation import Translation, search_widths, translate
+from flowmatch.translation import Translation, _canonical, search_widths, translate
 
 AE = {"latent_dim": 4, "n_components": 4, "hidden": 16, "max_steps": 30, "progress": False}
 ALL_STARTS = ["clusters", "moments", "gw", "clusters_full"]
@@ -98,6 +98,15 @@ def test_same_seed_same_result_and_row_order_does_not_matter(rotation):
     t2 = translate(a[perm], b, autoencoder_params=AE, seed=0, progress=False, **FAST)
     torch.testing.assert_close(t2.matrix_, t.matrix_)
     torch.testing.assert_close(t2.bias_, t.bias_)
+
+
+def test_canonical_order_is_the_lexicographic_one_with_ties_in_the_first_column():
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(3000, 5, generator=gen).round(decimals=1)  # many ties in every column
+    x[10:20] = x[0]  # whole rows repeated: kept in their input order
+    want = np.lexsort(x.double().numpy().T[::-1])
+    np.testing.assert_array_equal(_canonical(x), want)
+    assert len(_canonical(x[:1])) == 1 and len(_canonical(x[:0])) == 0
 
 
 def test_save_load_round_trip(rotation, tmp_path):
