@@ -220,7 +220,10 @@ class TranslateSettings:
             the map coordinates 0.859 → 0.916 (docs/history.md). Its two passes over the
             similarities are quadratic in ``mutual_rows``: at 20,000 WordNet rows, all of them
             (20,000) gave top-1 0.997 / 0.998 against 0.994 / 0.995 with 10,000, in 82–83
-            against 72–73 s (seeds 0 / 1, one thread).
+            against 72–73 s (seeds 0 / 1, one thread); at 50,000 rows 20,000 / 30,000 / all
+            50,000 gave 0.990 / 0.994, 0.992 / 0.993 and 0.993 / 0.995, in 159, 181–187 and
+            251–252 s, against mini-vec2vec's 0.992 / 0.991 in 127–135 s: 30,000 keeps the
+            largest splits level or ahead at about 1.4× its time (docs/history.md).
     Balancing (optional)
         balance_steps, max_crossing, max_exact, group_penalty : when at most ``max_crossing`` of
             the transported mass leaves the mode pairs the map carries, ``balance_steps``
@@ -265,7 +268,7 @@ class TranslateSettings:
     n_polish: int = 0
     n_refine_clusters: int = 500
     n_mutual: int = 3
-    mutual_rows: int = 20_000
+    mutual_rows: int = 30_000
     balance_steps: int = 10
     max_crossing: float = 0.2
     max_exact: int = 1500
