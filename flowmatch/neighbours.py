@@ -95,7 +95,7 @@ def _grouped_top(block: np.ndarray, k: int) -> np.ndarray:
     slices). The ``k`` groups with the largest maxima, and the ``m − G·g`` trailing columns,
     hold the row's ``k`` largest entries: an entry of another group is at most its group's
     maximum, which is at most the ``k``-th largest maximum, and ``k`` entries reach that (ties
-    aside). Only those ``k·g`` candidates are partitioned (1,000 × 20,000, k = 50: ...)."""
+    aside). Only those ``k·g`` candidates are partitioned (times in the module docstring)."""
     n, m = block.shape
     g = max(int(np.sqrt(m / k) / 2), 1)
     groups = m // g

@@ -972,11 +972,10 @@ def _canonical(x: Tensor) -> np.ndarray:
     rows = x.double().numpy()
     order = np.argsort(rows[:, 0], kind="stable")
     first = rows[order, 0]
-    starts = np.flatnonzero(np.diff(first) != 0) + 1  # where each run of equal values begins
-    for lo, hi in zip(np.r_[0, starts], np.r_[starts, len(order)]):
-        if hi - lo > 1:
-            run = order[lo:hi]
-            order[lo:hi] = run[np.lexsort(rows[run].T[::-1])]
+    bounds = np.r_[0, np.flatnonzero(np.diff(first) != 0) + 1, len(order)]  # runs of equals
+    for i in np.flatnonzero(np.diff(bounds) > 1):  # only the runs of two rows or more
+        run = order[bounds[i] : bounds[i + 1]]
+        order[bounds[i] : bounds[i + 1]] = run[np.lexsort(rows[run].T[::-1])]
     return order
 
 
