@@ -74,14 +74,17 @@ def two_opt_batch(
     p, n = perms.shape
     iu, ju = np.triu_indices(n, 1)
     tol = _tolerance(a, b)
+    active = np.arange(p)  # the searches a swap still improves; the rest stay where they are
     for _ in range(max_steps):
-        gains = swap_gains(a, b[perms[:, :, None], perms[:, None, :]])[:, iu, ju]
+        at = perms[active]
+        gains = swap_gains(a, b[at[:, :, None], at[:, None, :]])[:, iu, ju]
         best = gains.argmax(1)
-        rows = np.flatnonzero(gains[np.arange(p), best] > tol)
-        if len(rows) == 0:
+        moving = np.flatnonzero(gains[np.arange(len(active)), best] > tol)
+        if len(moving) == 0:
             break
-        r, s = iu[best[rows]], ju[best[rows]]
+        rows, r, s = active[moving], iu[best[moving]], ju[best[moving]]
         perms[rows, r], perms[rows, s] = perms[rows, s], perms[rows, r]
+        active = rows
     return perms, qap_objective(a, b, perms)
 
 

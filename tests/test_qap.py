@@ -42,6 +42,19 @@ def test_two_opt_stops_at_a_local_optimum_and_agrees_with_the_batched_search(n):
     assert values[0] == pytest.approx(best)
 
 
+def test_each_batched_search_ends_where_it_ends_alone():
+    """Searches that stop early leave the batch; the others' swaps do not change."""
+    a, b, rng = _problem(15, seed=4)
+    starts = np.stack([rng.permutation(15) for _ in range(12)])
+    perms, values = two_opt_batch(a, b, starts)
+    alone = [two_opt_batch(a, b, s[None]) for s in starts]
+    np.testing.assert_array_equal(perms, np.concatenate([p for p, _ in alone]))
+    np.testing.assert_array_equal(values, np.concatenate([v for _, v in alone]))
+    assert len({tuple(p) for p in perms}) > 1  # the searches end in different optima
+    steps = [two_opt_batch(a, b, s[None], max_steps=1)[0] for s in starts]
+    assert any((p != s).any() for p, s in zip(steps, starts))  # one step moves some of them
+
+
 def test_qap_search_recovers_a_planted_permutation():
     rng = np.random.default_rng(3)
     x = rng.standard_normal((20, 6))
