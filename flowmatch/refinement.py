@@ -96,14 +96,19 @@ def refine_nearest(
         check and the map has stopped drifting (its last two moves between checks no longer
         point the same way; judged only when rounds draw batches, :func:`_drifting`). A map
         still being carried towards the right optimum can gain little CSLS per check for
-        many checks while its retrieval keeps rising (None: always ``n_rounds``).
+        many checks while its retrieval keeps rising (None: always ``n_rounds``). The CSLS is
+        computed only where it can stop the refinement: not at a check where the map drifts,
+        and at the check before only when the next one needs it. The refinement stops where it
+        did when every check computed it; translate computes it at about half the checks
+        (fortunes, 2,000 rows, seed 1: 51 of 105, most maps drift at the first width).
     trace : if a list, each round's fit is appended to it (its length is the rounds run).
     """
     check_real("smoothing", smoothing, 0.0, 1.0, high_open=True)
     rng = np.random.default_rng(seed)
     xa, xb = normalise_rows(u_a), normalise_rows(u_b)
     rot = torch.as_tensor(rotation, dtype=torch.float64)
-    last, checked = -float("inf"), [rot]  # the map at the last checks (and at the start)
+    checked = [rot]  # the map at the last checks (and at the start)
+    last: float | None = -float("inf")  # the CSLS at the last check (None: not computed)
     resampled = len(xa) > batch or len(xb) > max_targets  # else every round is the same step
     # every round searches all of B when it fits: then A rows keep their nearest B rows
     fixed = len(xb) <= max_targets and worth_caching(xb, len(xa), batch)
@@ -123,12 +128,23 @@ def refine_nearest(
         rot = smoothing * rot + (1.0 - smoothing) * fit
         rot = polar(rot) if orthogonal else rot
         if tol is not None and done % window == 0:
-            score = alignment_score(u_a, u_b, rot, n_rows=1000).csls
             checked = [*checked[-2:], rot]
-            if score - last < tol and not (resampled and _drifting(checked)):
+            if resampled and _drifting(checked):  # no stop, whatever the CSLS gained
+                last = None  # so the CSLS is computed only when the next check needs it
+                continue
+            if last is None:
+                last = _check_score(u_a, u_b, checked[-2])
+            score = _check_score(u_a, u_b, rot)
+            if score - last < tol:
                 break
             last = score
     return rot
+
+
+def _check_score(u_a: Tensor, u_b: Tensor, rotation: Tensor) -> float:
+    """The CSLS :func:`refine_nearest`'s early stop compares: :func:`alignment_score` on its
+    fixed subsample of 1,000 A rows."""
+    return alignment_score(u_a, u_b, rotation, n_rows=1000).csls
 
 
 def _drifting(maps: list[Tensor]) -> bool:

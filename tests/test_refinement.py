@@ -162,11 +162,17 @@ def test_early_stop_waits_for_a_drifting_map(coords, monkeypatch):
     ua, ub, true = coords
     start = _perturbed(true, 0.5, 1)
     options = {"n_rounds": 60, "batch": 500, "k": 10, "tol": 10.0}  # no CSLS gain is enough
+    scored = []
+    score = refinement._check_score
+    monkeypatch.setattr(refinement, "_check_score", lambda *a: scored.append(1) or score(*a))
     monkeypatch.setattr(refinement, "_drifting", lambda maps: True)
     refine_nearest(ua, ub, start, trace=(drifting := []), **options)
     assert len(drifting) == 60  # always drifting: every round
+    assert not scored  # a drifting map cannot stop, so its CSLS is never computed
     refine_nearest(ua[:400], ub[:400], start, trace=(whole := []), **options)
     assert len(whole) == 20  # every round sees all rows: the drift test is not consulted
     monkeypatch.setattr(refinement, "_drifting", lambda maps: False)
+    scored.clear()
     refine_nearest(ua, ub, start, trace=(stopped := []), **options)
     assert len(stopped) == 20  # the first check that can compare two scores
+    assert len(scored) == 2
