@@ -71,7 +71,6 @@ import warnings
 from pathlib import Path
 from typing import Any, ClassVar, cast
 
-import numpy as np
 import torch
 from sklearn.base import BaseEstimator
 from torch import Tensor, nn
@@ -93,6 +92,7 @@ from flowmatch.validation import (
     Real,
     Valid,
     as_matrix,
+    canonical_order,
     check_bool,
     check_fitted,
     check_params,
@@ -546,7 +546,7 @@ class FlowAutoencoder(BaseEstimator):
                 f"(at least {d + 1} rows are needed to estimate a {d}-dim covariance)"
             )
         x = x.detach().cpu().double()
-        x = x[torch.as_tensor(np.lexsort(x.numpy().T[::-1].copy()))]  # canonical row order
+        x = x[torch.as_tensor(canonical_order(x))]
         self._device = resolve_device(self.device)
         self._resolve_runtime()
         self._fit_preprocessing(x)

@@ -4,7 +4,8 @@ import torch
 from _synthetic import manifold_rotation_pair
 
 from flowmatch.settings import TranslateSettings
-from flowmatch.translation import Translation, _canonical, search_widths, translate
+from flowmatch.translation import Translation, search_widths, translate
+from flowmatch.validation import canonical_order
 
 AE = {"latent_dim": 4, "n_components": 4, "hidden": 16, "max_steps": 30, "progress": False}
 ALL_STARTS = ["clusters", "moments", "gw", "clusters_full"]
@@ -105,8 +106,8 @@ def test_canonical_order_is_the_lexicographic_one_with_ties_in_the_first_column(
     x = torch.randn(3000, 5, generator=gen).round(decimals=1)  # many ties in every column
     x[10:20] = x[0]  # whole rows repeated: kept in their input order
     want = np.lexsort(x.double().numpy().T[::-1])
-    np.testing.assert_array_equal(_canonical(x), want)
-    assert len(_canonical(x[:1])) == 1 and len(_canonical(x[:0])) == 0
+    np.testing.assert_array_equal(canonical_order(x), want)
+    assert len(canonical_order(x[:1])) == 1 and len(canonical_order(x[:0])) == 0
 
 
 def test_save_load_round_trip(rotation, tmp_path):
